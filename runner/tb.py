@@ -1,0 +1,80 @@
+"""TensorBoard logging for one run: scalars, HParams and the embedding projector.
+
+Only the main rank creates a logger. tensorboard is imported on first use: it costs
+seconds at start-up and most runs on a cluster never look at it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SPRITE_LIMIT_PX = 8192  # the projector rejects larger sprite sheets
+MAX_PROJECTOR_POINTS = 2000
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{'loss': {'name': 'x'}} -> {'loss.name': 'x'}; lists and None as strings (HParams types)."""
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            out[name] = value
+        else:
+            out[name] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
+    return out
+
+
+class TBLogger:
+    def __init__(self, logdir: str | Path):
+        from torch.utils.tensorboard import SummaryWriter
+        self.logdir = Path(logdir)
+        self.writer = SummaryWriter(str(self.logdir))
+
+    def log_steps(self, steps: dict, start: int) -> None:
+        """Per-step scalars from row `start` on (rows before were logged already)."""
+        for i in range(start, len(steps["step"])):
+            step = steps["step"][i]
+            for key in ("loss", "active_fraction", "pos_distance", "neg_distance", "embedding_norm", "lr"):
+                value = steps[key][i]
+                if math.isfinite(value):
+                    self.writer.add_scalar(f"step/{key}", value, step)
+
+    def log_epoch(self, row: dict) -> None:
+        for key, value in row.items():
+            if key != "epoch" and isinstance(value, float) and math.isfinite(value):
+                self.writer.add_scalar(f"epoch/{key}", value, row["epoch"])
+        self.writer.flush()
+
+    def log_hparams(self, config: dict, metrics: dict, run_name: str) -> None:
+        """One HParams entry per run, so TensorBoard compares a whole grid in one table."""
+        hp = flatten(config)
+        hp.pop("data.root", None)
+        metric_dict = {f"hparam/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        self.writer.add_hparams(hp, metric_dict, run_name=run_name)
+
+    def log_projector(self, emb: np.ndarray, labels: np.ndarray, class_names: list[str],
+                      images: torch.Tensor | None, seed: int = 0) -> None:
+        """Embedding projector for (a subsample of) the test set, with labels and image sprites."""
+        n = len(emb)
+        keep = np.sort(np.random.default_rng(seed).permutation(n)[:MAX_PROJECTOR_POINTS])
+        meta = [class_names[int(c)] if int(c) < len(class_names) else str(int(c)) for c in labels[keep]]
+        label_img = None
+        if images is not None:
+            side = SPRITE_LIMIT_PX // math.ceil(math.sqrt(len(keep)))
+            img = images[torch.as_tensor(keep)].float().div(255.0)
+            if img.shape[-1] > side:
+                img = torch.nn.functional.interpolate(img, size=(side, side), mode="bilinear", antialias=True)
+            label_img = img
+        self.writer.add_embedding(torch.as_tensor(emb[keep]), metadata=meta, label_img=label_img,
+                                  global_step=0, tag="test_embeddings")
+
+    def close(self) -> None:
+        self.writer.flush()
+        self.writer.close()

@@ -1,0 +1,63 @@
+"""run.h5 round trip, atomic writes and corrupt-file detection."""
+
+import h5py
+import numpy as np
+import pytest
+
+from runner import store
+
+
+def _record(status="completed"):
+    rng = np.random.default_rng(0)
+    final = {s: {"embeddings": rng.normal(size=(n, 4)).astype("float32"), "labels": np.arange(n) % 3,
+                 "index": np.arange(n)} for s, n in (("train", 12), ("test", 6))}
+    return store.RunRecord(
+        run_id="abc", config={"seed": 1, "loss": {"name": "x"}}, status=status,
+        attrs={"seed": 1, "metrics": {"knn1": 0.5}, "git_rev": "deadbeef"}, final=final,
+        epochs={0: {"train": final["train"]["embeddings"], "test": final["test"]["embeddings"]}},
+        steps={"step": np.arange(5), "loss": np.linspace(1, 0, 5)},
+        epoch_table=[{"epoch": 0, "knn1": 0.1}, {"epoch": 1, "knn1": 0.5}],
+        data={"class_names": ["a", "b", "c"], "family": "digits", "image_shape": [1, 8, 8]})
+
+
+def test_round_trip(tmp_path):
+    rec = _record()
+    path = store.write_run(tmp_path / "r" / "run.h5", rec)
+    out = store.read_run(path, epochs=True)
+    assert out["attrs"]["run_id"] == "abc" and out["attrs"]["metrics"] == {"knn1": 0.5}
+    assert out["config"] == rec.config
+    np.testing.assert_array_equal(out["final"]["test"]["embeddings"], rec.final["test"]["embeddings"])
+    np.testing.assert_array_equal(out["epochs"][0]["train"], rec.final["train"]["embeddings"])
+    np.testing.assert_array_equal(out["history"]["epochs"]["knn1"], [0.1, 0.5])
+    assert out["data"]["class_names"] == ["a", "b", "c"]
+    with h5py.File(path) as f:  # per-epoch groups reuse the final labels
+        np.testing.assert_array_equal(f["epochs/000/test/labels"][()], rec.final["test"]["labels"])
+    assert store.run_status(path) == "completed"
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_truncated_and_garbage_files_are_detected(tmp_path):
+    path = store.write_run(tmp_path / "run.h5", _record())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    assert store.run_status(path) == "corrupt"
+    with pytest.raises(store.CorruptRun):
+        store.read_run(path)
+    path.write_bytes(b"not hdf5 at all")
+    assert store.run_status(path) == "corrupt"
+    assert store.run_status(tmp_path / "absent.h5") is None
+
+
+def test_completed_file_missing_parts_is_corrupt(tmp_path):
+    rec = _record()
+    rec.final.pop("test")
+    path = store.write_run(tmp_path / "run.h5", rec)
+    assert store.run_status(path) == "corrupt"
+
+
+def test_failed_write_leaves_no_file(tmp_path):
+    rec = _record()
+    rec.final["train"]["embeddings"] = object()  # h5py cannot store this
+    with pytest.raises(Exception):
+        store.write_run(tmp_path / "run.h5", rec)
+    assert list(tmp_path.iterdir()) == []

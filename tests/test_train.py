@@ -1,0 +1,139 @@
+"""End to end on digits: train -> evaluate -> run.h5 -> TensorBoard, resume, failure records."""
+
+import os
+import signal
+import subprocess
+import time
+
+import numpy as np
+import pytest
+from sklearn.neighbors import KNeighborsClassifier
+
+from runner import store
+from runner.config import resolve, run_id
+from runner.train import run_one
+from tests.conftest import PYTHON, ROOT, tiny_layer
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("results")
+    cfg = resolve(tiny_layer(epochs=3, save_every=2))
+    result = run_one(cfg, out, progress=False)
+    return cfg, out, result
+
+
+def test_run_writes_complete_h5(finished):
+    cfg, out, result = finished
+    assert result["status"] == "completed"
+    data = store.read_run(store.run_path(out, run_id(cfg)), epochs=True)
+    a = data["attrs"]
+    assert a["status"] == "completed" and a["run_id"] == run_id(cfg) and a["seed"] == cfg.seed
+    assert a["config"] == cfg.to_dict() and "torch" in a["versions"] and a["git_rev"]
+    tr, te = data["final"]["train"], data["final"]["test"]
+    assert tr["embeddings"].shape == (len(tr["labels"]), 8) and tr["embeddings"].dtype == np.float32
+    assert len(tr["labels"]) + len(te["labels"]) == 1797
+    assert set(tr["index"]).isdisjoint(te["index"])
+    assert sorted(data["epochs"]) == [0, 2, 3]  # untrained, every save_every, last
+    np.testing.assert_array_equal(data["epochs"][3]["test"], te["embeddings"])
+    steps = data["history"]["steps"]
+    assert len(steps["loss"]) == 3 * (len(tr["labels"]) // 32)
+    for key in ("active_fraction", "pos_distance", "neg_distance", "embedding_norm", "lr"):
+        assert np.isfinite(steps[key]).all(), key
+    assert ((steps["active_fraction"] >= 0) & (steps["active_fraction"] <= 1)).all()
+    assert list(data["history"]["epochs"]["epoch"]) == [0, 1, 2, 3]
+
+
+def test_reported_knn_matches_sklearn_on_stored_embeddings(finished):
+    cfg, out, result = finished
+    data = store.read_run(store.run_path(out, run_id(cfg)))
+    tr, te = data["final"]["train"], data["final"]["test"]
+    for k in (1, 5):
+        clf = KNeighborsClassifier(n_neighbors=k).fit(tr["embeddings"], tr["labels"])
+        assert result["metrics"][f"knn{k}"] == pytest.approx(clf.score(te["embeddings"], te["labels"]), abs=1e-9)
+
+
+def test_completed_run_is_skipped(finished):
+    cfg, out, _ = finished
+    before = store.run_path(out, run_id(cfg)).stat().st_mtime_ns
+    again = run_one(cfg, out)
+    assert again["skipped"] and store.run_path(out, run_id(cfg)).stat().st_mtime_ns == before
+    assert not (store.run_dir(out, run_id(cfg)) / "checkpoint.pt").exists()
+    assert (store.run_dir(out, run_id(cfg)) / "model.pt").exists()
+
+
+def test_tensorboard_events_read_back(finished):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    cfg, out, _ = finished
+    tb = store.run_dir(out, run_id(cfg)) / "tb"
+    acc = EventAccumulator(str(tb))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"step/loss", "step/active_fraction", "epoch/knn1", "epoch/map_at_r"} <= set(tags)
+    assert [e.step for e in acc.Scalars("epoch/knn1")] == [0, 1, 2, 3]
+    hp = EventAccumulator(str(tb / "hparams"))
+    hp.Reload()
+    assert "hparam/knn1" in hp.Tags()["scalars"]
+    assert "hparams" in hp.PluginTagToContent("hparams") or hp.PluginTagToContent("hparams")
+    projector = (tb / "projector_config.pbtxt").read_text()
+    assert "metadata.tsv" in projector and "sprite.png" in projector
+    meta = next(tb.glob("*/test_embeddings/metadata.tsv")).read_text().splitlines()
+    labels = store.read_run(store.run_path(out, run_id(cfg)))["final"]["test"]["labels"]
+    assert meta == [str(c) for c in labels]
+
+
+def _final(out, cfg):
+    data = store.read_run(store.run_path(out, run_id(cfg)))
+    return data["final"]["test"]["embeddings"], data["history"]["steps"]["loss"], data["attrs"]["metrics"]
+
+
+def test_resume_after_interruption_equals_uninterrupted(tmp_path, finished):
+    cfg, out, _ = finished
+    first = run_one(cfg, tmp_path, stop_after_epochs=1)
+    assert first["status"] == "interrupted"
+    assert (store.run_dir(tmp_path, run_id(cfg)) / "checkpoint.pt").exists()
+    assert store.run_status(store.run_path(tmp_path, run_id(cfg))) is None
+    second = run_one(cfg, tmp_path)
+    assert second["status"] == "completed"
+    emb_a, loss_a, m_a = _final(out, cfg)
+    emb_b, loss_b, m_b = _final(tmp_path, cfg)
+    np.testing.assert_allclose(loss_b, loss_a, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(emb_b, emb_a, rtol=0, atol=1e-5)
+    assert m_a == pytest.approx(m_b)
+
+
+def test_sigkill_mid_run_then_resume(tmp_path, subprocess_env):
+    """A run killed by SIGKILL after its first checkpoint resumes to the same result."""
+    sets = ["model.width=8", "embedding.dim=8", "train.epochs=4", "train.batch_size=32", "train.num_threads=1"]
+    args = [PYTHON, "-m", "runner.train", "--out", str(tmp_path / "a")] + [x for s in sets for x in ("--set", s)]
+    cfg = resolve({"model": {"width": 8}, "embedding": {"dim": 8},
+                   "train": {"epochs": 4, "batch_size": 32, "num_threads": 1}})
+    proc = subprocess.Popen(args, cwd=ROOT, env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    ckpt = store.run_dir(tmp_path / "a", run_id(cfg)) / "checkpoint.pt"
+    deadline = time.time() + 120
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert ckpt.exists(), proc.stderr.read().decode() if proc.poll() is not None else "no checkpoint"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert store.run_status(store.run_path(tmp_path / "a", run_id(cfg))) is None
+    r = subprocess.run(args, cwd=ROOT, env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert run_one(cfg, tmp_path / "b")["status"] == "completed"
+    emb_a, loss_a, _ = _final(tmp_path / "a", cfg)
+    emb_b, loss_b, _ = _final(tmp_path / "b", cfg)
+    np.testing.assert_allclose(loss_a, loss_b, atol=1e-6)
+    np.testing.assert_allclose(emb_a, emb_b, atol=1e-5)
+
+
+def test_diverging_run_is_recorded_failed(tmp_path):
+    cfg = resolve(tiny_layer(epochs=2, lr=1e12, optimizer="sgd"), {"loss": {"name": "ContrastiveLoss"},
+                                                                   "miner": {"name": None},
+                                                                   "embedding": {"normalize": False}})
+    result = run_one(cfg, tmp_path)
+    assert result["status"] == "failed" and "non-finite" in result["error"]
+    attrs = store.read_attrs(store.run_path(tmp_path, run_id(cfg)))
+    assert attrs["status"] == "failed" and "non-finite" in attrs["error"]
+    assert attrs["failed_step"] >= 0 and attrs["failed_epoch"] >= 1
+    # a failed run is retried only when asked
+    assert run_one(cfg, tmp_path, retry_failed=False)["skipped"]
