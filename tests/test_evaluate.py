@@ -1,0 +1,142 @@
+"""runner.evaluate against scikit-learn and pytorch-metric-learning on small seeded data."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
+
+from runner import evaluate
+from runner.evaluate import compute_metrics, knn_predict, nearest_class_mean
+
+PML_NAMES = {"p_at_1": "precision_at_1", "r_precision": "r_precision", "map_at_r": "mean_average_precision_at_r"}
+KS = (1, 4, 5)  # an even k makes vote ties common
+
+
+def clustered(n, n_classes, dim=8, seed=0):
+    """Gaussian blobs that overlap enough for every metric to sit well inside (0, 1)."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, n_classes, n) * 3 - 7  # non-contiguous, negative labels too
+    centers = rng.normal(size=(n_classes, dim))
+    x = centers[(labels + 7) // 3] + rng.normal(size=(n, dim))
+    return x.astype(np.float32), labels
+
+
+def split(x, y, n_query):
+    """First n_query samples as queries, the rest as references; drops two classes from the references."""
+    ref_mask = ~np.isin(y[n_query:], np.unique(y)[:2])  # those queries have no reference: PML's lone queries
+    return x[:n_query], y[:n_query], x[n_query:][ref_mask], y[n_query:][ref_mask]
+
+
+def pml_metrics(query, q_labels, ref=None, r_labels=None):
+    """PML's P@1, R-precision and MAP@R, the references holding every relevant item (k='max_bin_count')."""
+    calc = AccuracyCalculator(include=tuple(PML_NAMES.values()), k="max_bin_count", device=torch.device("cpu"))
+    acc = calc.get_accuracy(query, q_labels, ref, r_labels, ref_includes_query=ref is None)
+    return {ours: acc[theirs] for ours, theirs in PML_NAMES.items()}
+
+
+@pytest.fixture(scope="module", params=[(600, 13), (3000, 40)], ids=["direct", "filtered"])
+def data(request):
+    """A small problem (full-row topk) and one big enough for the threshold-filtered search."""
+    n, n_classes = request.param
+    return clustered(n, n_classes, seed=n)
+
+
+def test_sizes_cover_both_search_paths(data):
+    x, _ = data
+    assert (len(x) >= evaluate.MIN_REFS_TO_FILTER) == (len(x) == 3000)
+
+
+def test_query_is_reference_matches_sklearn_and_pml(data):
+    x, y = data
+    got = compute_metrics(x, y, ks=KS)
+    for k in KS:  # predict(None): every sample is a query and is not its own neighbour
+        assert got[f"knn{k}"] == pytest.approx(np.mean(KNeighborsClassifier(k).fit(x, y).predict(None) == y), abs=1e-12)
+    assert got["ncm"] == pytest.approx(NearestCentroid().fit(x, y).score(x, y), abs=1e-12)
+    expected = pml_metrics(x, y)
+    assert {name: got[name] for name in PML_NAMES} == pytest.approx(expected, abs=1e-6)
+
+
+def test_separate_references_match_sklearn_and_pml(data):
+    xq, yq, xr, yr = split(*data, n_query=len(data[0]) // 3)
+    got = compute_metrics(xq, yq, xr, yr, ks=KS)
+    for k in KS:
+        assert got[f"knn{k}"] == pytest.approx(KNeighborsClassifier(k).fit(xr, yr).score(xq, yq), abs=1e-12)
+    assert got["ncm"] == pytest.approx(NearestCentroid().fit(xr, yr).score(xq, yq), abs=1e-12)
+    assert {name: got[name] for name in PML_NAMES} == pytest.approx(pml_metrics(xq, yq, xr, yr), abs=1e-6)
+
+
+@pytest.mark.parametrize("query_is_ref", [True, False])
+def test_blocked_equals_unblocked(data, query_is_ref):
+    x, y = data
+    args = (x, y) if query_is_ref else split(x, y, len(x) // 3)
+    whole = compute_metrics(*args, ks=KS, block_size=len(x))
+    block_size = 7 if len(x) < 1000 else 301  # uneven last block either way
+    assert compute_metrics(*args, ks=KS, block_size=block_size) == pytest.approx(whole, abs=1e-12)
+
+
+def test_single_sample_class_when_query_is_reference():
+    x, y = clustered(300, 6, seed=1)
+    y[0] = 100  # alone in its class: no R for PML, and never its own neighbour
+    got = compute_metrics(x, y, ks=(1, 5))
+    assert {name: got[name] for name in PML_NAMES} == pytest.approx(pml_metrics(x, y), abs=1e-6)
+    assert got["knn1"] == pytest.approx(np.mean(KNeighborsClassifier(1).fit(x, y).predict(None) == y), abs=1e-12)
+    assert got["ncm"] == pytest.approx(NearestCentroid().fit(x, y).score(x, y), abs=1e-12)
+
+
+def test_numpy_and_torch_inputs_agree():
+    x, y = clustered(200, 5, seed=2)
+    assert compute_metrics(x, y) == compute_metrics(torch.from_numpy(x), torch.from_numpy(y))
+    assert compute_metrics(x, y) == compute_metrics(x.astype(np.float64), y.tolist())
+
+
+def test_no_reference_for_any_query_gives_nan_retrieval():
+    x, y = clustered(50, 3, seed=3)
+    got = compute_metrics(x[y == y[0]], y[y == y[0]], x[y != y[0]], y[y != y[0]])
+    assert got["knn1"] == 0.0 and all(math.isnan(got[name]) for name in PML_NAMES)
+
+
+def test_too_few_references_raises():
+    x, y = clustered(5, 2, seed=4)
+    with pytest.raises(ValueError, match="ks="):
+        compute_metrics(x, y, ks=(1, 5))  # 4 references once each query's own entry is excluded
+
+
+def test_knn_predict_breaks_ties_towards_smallest_label():
+    neighbours = torch.tensor([[3, 1, 1, 3, 2], [5, 5, -2, -2, 9], [7, 8, 9, 9, 8]])
+    assert knn_predict(neighbours, 1).tolist() == [3, 5, 7]
+    assert knn_predict(neighbours, 4).tolist() == [1, -2, 9]
+    assert knn_predict(neighbours, 5).tolist() == [1, -2, 8]
+
+
+def test_nearest_class_mean_matches_sklearn():
+    x, y = clustered(500, 7, seed=5)
+    assert nearest_class_mean(x[:100], x[100:], y[100:]).numpy().tolist() == (
+        NearestCentroid().fit(x[100:], y[100:]).predict(x[:100]).tolist()
+    )
+
+
+@pytest.mark.parametrize("case", ["random", "collapsed", "biased_sample"])
+def test_filtered_search_equals_full_rows(case):
+    """Same neighbour distances as a full topk, including rows the filter must redo."""
+    x = torch.from_numpy(clustered(3000, 20, seed=6)[0])
+    if case == "collapsed":  # a third of the embeddings on one point: too many ties under the threshold
+        x[::3] = x[0]
+    if case == "biased_sample":  # the few sampled refs near x[0] set a threshold too few refs are under
+        x[: 12 * evaluate.SAMPLE_STRIDE : evaluate.SAMPLE_STRIDE] = x[0] + 1e-3 * torch.randn(12, x.shape[1])
+    refs = evaluate._Refs.build(x)
+    q = (x[:64] - refs.mean).float()
+    self_cols = torch.arange(64)
+    filtered = evaluate._topk_filtered(q, refs, 40, self_cols)
+    direct = evaluate._topk_direct(q, refs, 40, self_cols)
+    assert not (filtered == self_cols[:, None]).any()
+    dist = torch.cdist(x[:64].double(), x.double())
+    assert torch.equal(dist.gather(1, filtered).sort().values, dist.gather(1, direct).sort().values)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_matches_cpu(data):
+    x, y = data
+    assert compute_metrics(x, y, device="cuda") == pytest.approx(compute_metrics(x, y), abs=1e-6)
