@@ -58,7 +58,7 @@ class DataConfig:
 class ModelConfig:
     backbone: str = "small_cnn"
     """Trunk by name: small_cnn, resnet18, resnet50, vgg16."""
-    width: int = 64
+    width: int = 32
     """Channels of the first small_cnn block (doubled per block)."""
     norm: str = "batch"
     """Normalisation layers of small_cnn: batch, group or none (group/none keep DDP exact)."""
@@ -108,9 +108,9 @@ class TrainConfig:
     """pk: class-balanced P×K batches; random: plain shuffled batches."""
     optimizer: str = "adamw"
     """adam, adamw or sgd."""
-    lr: float = 1e-3
+    lr: float = 2e-3
     """Peak learning rate."""
-    weight_decay: float = 1e-4
+    weight_decay: float = 5e-4
     """Decoupled weight decay (adamw) or L2 (adam, sgd)."""
     schedule: str = "cosine"
     """cosine: linear warm-up then cosine decay to zero; constant: warm-up then flat."""

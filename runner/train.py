@@ -33,10 +33,14 @@ def run_lock(directory: Path):
     """An exclusive flock on runs/<run_id>/.lock: two launches never train the same run at once."""
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / ".lock", "w") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunLocked(f"run {directory.name} is being trained by another process") from None
+        for attempt in range(20):  # a status probe (runner.grid.is_locked) holds it for microseconds
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(0.05)
+        else:
+            raise RunLocked(f"run {directory.name} is being trained by another process")
         yield
 
 
@@ -209,7 +213,8 @@ METRIC_NAMES = ("knn1", "knn5", "ncm", "p_at_1", "r_precision", "map_at_r")
 
 def format_result(result: dict) -> str:
     """A short table of the run's test metrics and speed."""
-    lines = [f"run {result['run_id']}: {result['status']}  ({result['path']})"]
+    skipped = " (already there: skipped)" if result.get("skipped") else ""
+    lines = [f"run {result['run_id']}: {result['status']}{skipped}  ({result['path']})"]
     if result.get("metrics"):
         m = result["metrics"]
         lines.append("  " + "  ".join(f"{k:>11}" for k in METRIC_NAMES))

@@ -91,3 +91,7 @@ def test_bad_yaml_is_config_error(tmp_path):
 def test_runconfig_validates_directly():
     with pytest.raises(ConfigError):
         RunConfig(seed=0, train=RunConfig().train.__class__(epochs=0))
+
+
+def test_shipped_digits_spec_is_the_default():
+    assert run_id(load_config(ROOT / "jobs" / "digits.yaml")) == run_id(resolve())
