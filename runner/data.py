@@ -52,13 +52,8 @@ def load_digits_set(cfg: DataConfig) -> ImageSet:
 
 def _loaders() -> dict[str, Callable[[DataConfig], ImageSet]]:
     """Data set name -> loader. File formats live in runner.datasets."""
-    loaders = {"digits": load_digits_set}
-    try:
-        from runner import datasets
-        loaders.update(datasets.LOADERS)
-    except ImportError:  # file-format loaders are optional extras of the package
-        pass
-    return loaders
+    from runner import datasets
+    return {"digits": load_digits_set, **datasets.LOADERS}
 
 
 def dataset_names() -> list[str]:
@@ -206,3 +201,13 @@ class RandomBatchSampler:
         perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
         step = self.batch_size * self.world_size
         return [perm[i * step:(i + 1) * step][self.rank::self.world_size] for i in range(len(self))]
+
+
+def main() -> None:
+    """`python -m runner.data pack SRC OUT.h5`: the tools live in runner.pack."""
+    from runner.pack import main as pack_main
+    raise SystemExit(pack_main())
+
+
+if __name__ == "__main__":
+    main()

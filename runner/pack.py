@@ -1,0 +1,120 @@
+"""Packed data sets: any loader's ImageSet as one HDF5 file, and back.
+
+Thousands of small image files are slow on a cluster's shared file system; one
+packed file is read whole into memory in a second. `python -m runner.data pack
+SRC OUT.h5 --name folder` writes it, `data: {name: h5, root: OUT.h5}` reads it.
+
+Layout: datasets `images` (uint8 N×C×H×W), `labels` (int64 N), `index` (int64 N,
+ids in the source), `class_names` (str), optional `parents` (str, one per class);
+attrs `format`, `source` (JSON: name, root, image_size of the packed loader) and
+`meta` (JSON: the source ImageSet's meta, e.g. its family).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import h5py
+import numpy as np
+import torch
+
+from runner.config import ConfigError, DataConfig
+from runner.data import ImageSet, dataset_names, load_dataset
+
+FORMAT = "runner.pack/1"
+REQUIRED = ("images", "labels", "index", "class_names")
+NO_ROOT = ("signs", "digits")
+"""Generated or embedded data sets: SRC is ignored (write -)."""
+
+
+def write_pack(ds: ImageSet, path: Path, source: dict, compression: str = "none") -> Path:
+    """Write an ImageSet to `path` via a temporary file renamed into place (never half-written)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    images = ds.images.numpy()
+    chunks = (min(256, len(images)),) + images.shape[1:]
+    options = {"none": {}, "lzf": {"compression": "lzf", "chunks": chunks},
+               "gzip": {"compression": "gzip", "compression_opts": 4, "chunks": chunks}}[compression]
+    strings = h5py.string_dtype()
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("images", data=images, **options)
+            f.create_dataset("labels", data=ds.labels.numpy().astype(np.int64))
+            f.create_dataset("index", data=ds.index.numpy().astype(np.int64))
+            f.create_dataset("class_names", data=list(ds.class_names), dtype=strings)
+            if ds.parents is not None:
+                f.create_dataset("parents", data=list(ds.parents), dtype=strings)
+            f.attrs["format"] = FORMAT
+            f.attrs["source"] = json.dumps(source, sort_keys=True)
+            f.attrs["meta"] = json.dumps(ds.meta, sort_keys=True, default=str)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_pack(root: Optional[str]) -> ImageSet:
+    """Read a packed file whole into memory as an ImageSet (meta keeps the source's family)."""
+    expected = "an .h5 file written by `python -m runner.data pack` (see docs/datasets.md)"
+    if root is None or not Path(root).expanduser().is_file():
+        raise ConfigError("data.root", root, expected)
+    path = Path(root).expanduser()
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        raise ConfigError("data.root", str(path), f"{expected}; this is not an HDF5 file") from None
+    with f:
+        missing = [k for k in REQUIRED if k not in f]
+        if missing:
+            raise ConfigError("data.root", str(path), f"{expected}; missing {', '.join(missing)}")
+        images = torch.from_numpy(f["images"][()])
+        labels = torch.from_numpy(f["labels"][()].astype(np.int64))
+        index = torch.from_numpy(f["index"][()].astype(np.int64))
+        class_names = list(f["class_names"].asstr()[()])
+        parents = list(f["parents"].asstr()[()]) if "parents" in f else None
+        meta = json.loads(f.attrs.get("meta", "{}"))
+        source = json.loads(f.attrs.get("source", "{}"))
+    if images.dtype != torch.uint8 or images.ndim != 4 or not len(images) == len(labels) == len(index):
+        raise ConfigError("data.root", str(path), f"{expected}; images uint8 N×C×H×W with N labels and ids")
+    meta.update(root=str(path), source_name=source.get("name"), source_root=source.get("root"))
+    return ImageSet(images, labels, class_names, index, parents=parents, meta=meta)
+
+
+def pack(name: str, src: str, out: Path, image_size: Optional[int] = None,
+         min_images_per_class: int = 1, compression: str = "none") -> tuple[ImageSet, Path]:
+    """Load `src` with loader `name` (as training would) and write it to `out`."""
+    root = None if name in NO_ROOT else str(Path(src).expanduser().resolve())
+    cfg = DataConfig(name=name, root=root, image_size=image_size, min_images_per_class=min_images_per_class)
+    ds = load_dataset(cfg)
+    source = {"name": name, "root": root, "image_size": image_size}
+    return ds, write_pack(ds, out, source, compression)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """`python -m runner.data pack SRC OUT.h5 [--name ...]`; exit 2 on a ConfigError."""
+    parser = argparse.ArgumentParser(prog="python -m runner.data", description="Data set tools.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pack", help="pack a data set into one HDF5 file (read with data.name: h5)")
+    p.add_argument("src", help="the data set's root (data.root); - for signs and digits")
+    p.add_argument("out", type=Path, help="the .h5 file to write")
+    p.add_argument("--name", default="folder", choices=dataset_names(), help="the loader (data.name)")
+    p.add_argument("--image-size", type=int, default=None, help="resize to N×N (default: the loader's)")
+    p.add_argument("--min-images-per-class", type=int, default=1, help="drop rarer classes (default: keep all)")
+    p.add_argument("--compression", choices=["none", "gzip", "lzf"], default="none",
+                   help="none reads fastest; gzip (any HDF5 tool) or lzf (h5py) shrink files of clean images")
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    try:
+        ds, out = pack(args.name, args.src, args.out, args.image_size, args.min_images_per_class, args.compression)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"packed {len(ds)} images of {len(ds.class_names)} classes, {tuple(ds.images.shape[1:])}, "
+          f"into {out} ({out.stat().st_size / 2**20:.1f} MiB, {time.perf_counter() - start:.1f} s)")
+    return 0
