@@ -108,6 +108,8 @@ class Parts:
     """Training images and labels, moved to the device once by fit()."""
     labels: Optional[torch.Tensor] = None
     test_images: Optional[torch.Tensor] = None
+    world_size: int = 1
+    """Ranks in the run: PML's DistributedLossWrapper returns the loss × world_size."""
 
 
 def build_parts(cfg: RunConfig, splits: Splits, policy: AugmentPolicy, env: DistEnv, device: torch.device) -> Parts:
@@ -130,14 +132,15 @@ def build_parts(cfg: RunConfig, splits: Splits, policy: AugmentPolicy, env: Dist
     sampler = make_sampler(cfg.train, train.labels, cfg.seed, env)
     scheduler = make_schedule(optimizer, cfg.train, cfg.train.epochs * len(sampler))
     amp = cfg.train.amp and device.type == "cuda"
-    return Parts(model, loss_fn, miner, optimizer, scheduler, sampler, policy, device, amp)
+    return Parts(model, loss_fn, miner, optimizer, scheduler, sampler, policy, device, amp, world_size=env.world_size)
 
 
 def train_step(parts: Parts, images: torch.Tensor, labels: torch.Tensor, grad_clip: Optional[float]) -> list:
     """One optimiser step; returns the step's diagnostics as 0-dim tensors (no host sync)."""
     with torch.autocast(parts.device.type, dtype=torch.bfloat16, enabled=parts.amp):
         emb, norm = parts.model(images, return_norm=True)
-    emb = emb.float()
+    if emb.dtype in (torch.float16, torch.bfloat16):  # the loss in float32 under AMP; float64 models stay float64
+        emb = emb.float()
     indices = parts.miner(emb, labels) if parts.miner is not None else None
     loss, active = losses.loss_with_stats(parts.loss_fn, emb, labels, indices)
     parts.optimizer.zero_grad(set_to_none=True)
@@ -148,8 +151,9 @@ def train_step(parts: Parts, images: torch.Tensor, labels: torch.Tensor, grad_cl
     lr = parts.scheduler.get_last_lr()[0]
     parts.scheduler.step()
     d_pos, d_neg = batch_distances(emb, labels)
-    return [loss.detach(), torch.as_tensor(active, dtype=torch.float32, device=emb.device).detach(), d_pos, d_neg,
-            norm.mean(), torch.tensor(lr, device=emb.device)]
+    # log the loss of the global batch: the wrapper's × world_size only undoes DDP's gradient averaging
+    return [loss.detach() / parts.world_size, torch.as_tensor(active, dtype=torch.float32, device=emb.device).detach(),
+            d_pos, d_neg, norm.mean(), torch.tensor(lr, device=emb.device)]
 
 
 def train_one_epoch(parts: Parts, cfg: RunConfig, splits: Splits, epoch: int, state: TrainState,
@@ -249,5 +253,9 @@ def record_epoch(parts: Parts, splits: Splits, env: DistEnv, state: TrainState, 
     state.epochs.append({"epoch": epoch, "train_loss": float(np.mean(losses_this)) if losses_this else float("nan"),
                          "train_s": train_s, "eval_s": time.perf_counter() - t0, **metrics})
     state.elapsed_s += train_s
-    if epoch % cfg.train.save_every == 0 or epoch == cfg.train.epochs:
-        state.snapshots[epoch] = {"train": train_emb, "test": test_emb}
+    # keep every save_every-th epoch, the last, and always the latest (a run stopped early
+    # by a scheduler stores the embeddings it ended with)
+    previous = max(state.snapshots, default=None)
+    if previous is not None and previous % cfg.train.save_every != 0:
+        del state.snapshots[previous]
+    state.snapshots[epoch] = {"train": train_emb, "test": test_emb}
