@@ -19,6 +19,8 @@ class ConfigError(ValueError):
     """A config value is invalid. The message is one line naming the key."""
 
     def __init__(self, key: str, value: Any, expected: str):
+        if not (str(key).isprintable() and str(key).strip()):  # a fuzzed or mistyped key: keep it one line
+            key = repr(key)
         self.key, self.value, self.expected = key, value, expected
         super().__init__(f"{key}: got {value!r}, expected {expected}")
 
@@ -171,6 +173,9 @@ def validate(cfg: RunConfig) -> None:
                f"a multiple of train.samples_per_class ({t.samples_per_class}) with at least 2 classes per batch")
         _check(t.samples_per_class >= 2, "train.samples_per_class", t.samples_per_class,
                "at least 2 (a P×K batch needs positive pairs)")
+        _check(d.n_per_class is None or d.n_per_class >= t.samples_per_class, "data.n_per_class", d.n_per_class,
+               f"null or at least train.samples_per_class ({t.samples_per_class}): "
+               "classes with fewer than K images would only repeat them")
     _check(t.optimizer in ("adam", "adamw", "sgd"), "train.optimizer", t.optimizer, "adam, adamw or sgd")
     _check(t.lr > 0, "train.lr", t.lr, "a number > 0")
     _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a number >= 0")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -42,6 +43,27 @@ def fsync_replace(tmp: Path, final: Path) -> None:
         os.close(fd)
     except OSError:
         pass
+
+
+MIN_FREE_BYTES = 64 * 2**20
+"""Free space a results directory needs before a run starts (a tiny run.h5 + checkpoint is ~1 MB)."""
+
+
+def check_writable(out: str | Path, min_free_bytes: int = MIN_FREE_BYTES) -> None:
+    """Create `out` and probe it: unwritable or nearly full is a one-line ConfigError on --out."""
+    from runner.config import ConfigError
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write_probe.{os.getpid()}.tmp"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+        free = shutil.disk_usage(out).free
+    except OSError as exc:
+        raise ConfigError("--out", str(out), f"a writable directory ({type(exc).__name__}: {exc.strerror or exc})") from None
+    if free < min_free_bytes:
+        raise ConfigError("--out", str(out), f"a directory with at least {min_free_bytes >> 20} MiB free "
+                                             f"(has {free >> 20} MiB)")
 
 
 @dataclass

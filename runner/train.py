@@ -90,8 +90,16 @@ def run_one(cfg: RunConfig, out: str | Path, env: Optional[dist.DistEnv] = None,
     if status == "completed" or (status == "failed" and not retry_failed):
         return {"run_id": rid, "status": status, "skipped": True, "path": str(path)}
     if env.is_main:
+        store.check_writable(out)  # a clear error before training, not a traceback at the first write
         rdir.mkdir(parents=True, exist_ok=True)
     with (run_lock(rdir) if env.is_main else _nothing()):
+        # another launch may have finished this run between the check above and the lock
+        status = store.run_status(path)
+        if status == "completed" or (status == "failed" and not retry_failed):
+            return {"run_id": rid, "status": status, "skipped": True, "path": str(path)}
+        if env.is_main:
+            for tmp in rdir.glob(".*.tmp"):  # left by a killed writer; under the lock nobody else writes here
+                tmp.unlink(missing_ok=True)
         return _train(cfg, rid, rdir, env, progress, stop_after_epochs, on_epoch, record_stopped)
 
 
@@ -162,8 +170,12 @@ def _train(cfg, rid, rdir, env, progress, stop_after_epochs, on_epoch, record_st
                          end_time=_now())
             if isinstance(exc, engine.NonFiniteLoss):
                 attrs.update(failed_epoch=exc.epoch, failed_step=exc.step)
-            store.write_run(rdir / "run.h5", _record(cfg, rid, "failed", state, splits, attrs))
-        return {"run_id": rid, "status": "failed", "error": f"{type(exc).__name__}: {exc}", "path": str(rdir / "run.h5")}
+            try:
+                store.write_run(rdir / "run.h5", _record(cfg, rid, "failed", state, splits, attrs))
+            except OSError as write_exc:  # a full or vanished disk: report both reasons, leave no run.h5
+                attrs["error"] += f" (and run.h5 could not be written: {type(write_exc).__name__}: {write_exc})"
+        return {"run_id": rid, "status": "failed", "error": attrs.get("error", f"{type(exc).__name__}: {exc}"),
+                "path": str(rdir / "run.h5")}
     finally:
         if logger is not None:
             logger.close()
@@ -202,9 +214,10 @@ def _finish(cfg, rid, rdir, state, splits, attrs, logger, model) -> None:
     logger.log_hparams(cfg.to_dict(), attrs["metrics"], run_name="hparams")
     logger.log_projector(rec.final["test"]["embeddings"], rec.final["test"]["labels"],
                          splits.test.class_names, splits.test.images, cfg.seed)
+    # model.pt first: run.h5 saying `completed` is the marker that the run is done, so it comes last
+    torch.save({"run_id": rid, "model": model.state_dict()}, rdir / ".model.pt.tmp")
+    store.fsync_replace(rdir / ".model.pt.tmp", rdir / "model.pt")
     store.write_run(rdir / "run.h5", rec)
-    torch.save({"run_id": rid, "model": model.state_dict()}, rdir / "model.pt.tmp")
-    (rdir / "model.pt.tmp").replace(rdir / "model.pt")
     (rdir / "checkpoint.pt").unlink(missing_ok=True)
 
 
@@ -240,6 +253,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             import json
             print(json.dumps({"run_id": make_run_id(cfg), **cfg.to_dict()}, indent=2))
             return 0
+        from runner.grid import validate_run
+        validate_run(cfg)  # loss/miner pairing and data location: before a run directory exists
         result = run_one(cfg, args.out)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
