@@ -1,7 +1,9 @@
 """The one place that reads the process environment: ranks, devices, process groups.
 
 Order of precedence: torchrun (RANK/LOCAL_RANK/WORLD_SIZE), then an srun step
-(SLURM_PROCID/SLURM_LOCALID/SLURM_STEP_NUM_TASKS), then a single process.
+(SLURM_PROCID/SLURM_LOCALID/SLURM_STEP_NUM_TASKS; submitit on SLURM starts its tasks
+with srun, so this covers it too), then submitit's local executor (SUBMITIT_LOCAL_*),
+then a single process.
 """
 
 from __future__ import annotations
@@ -64,7 +66,18 @@ def from_environ(environ: Optional[dict] = None) -> DistEnv:
         addr = env.get("MASTER_ADDR") or first_host(env.get("SLURM_STEP_NODELIST", env.get("SLURM_JOB_NODELIST", "")))
         port = int(env.get("MASTER_PORT") or slurm_port(env.get("SLURM_JOB_ID", "0"), env.get("SLURM_STEP_ID", "0")))
         return DistEnv(int(env["SLURM_PROCID"]), int(env.get("SLURM_LOCALID", 0)), tasks, addr, port, "slurm")
+    local_tasks = int(env.get("SUBMITIT_LOCAL_NTASKS", "1"))
+    if local_tasks > 1 and "SUBMITIT_LOCAL_GLOBALID" in env:
+        port = int(env.get("MASTER_PORT") or slurm_port(env.get("SUBMITIT_LOCAL_JOB_ID", "0"), "local"))
+        return DistEnv(int(env["SUBMITIT_LOCAL_GLOBALID"]), int(env.get("SUBMITIT_LOCAL_LOCALID", 0)), local_tasks,
+                       "127.0.0.1", port, "submitit-local")
     return DistEnv()
+
+
+def slurm_job() -> dict:
+    """The SLURM job this process runs in (empty outside SLURM): ids and restart count, for logs."""
+    keys = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_STEP_ID", "SLURM_RESTART_COUNT")
+    return {k.lower(): os.environ[k] for k in keys if k in os.environ}
 
 
 def pick_device(requested: str, env: DistEnv) -> torch.device:

@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# A whole experiment grid from one command. Edit the #SBATCH defaults for your cluster.
+#
+#   sbatch slurm/grid.sh SPEC [--out DIR] [--set key=value]... [--retry-failed]
+#   bash   slurm/grid.sh SPEC ...     # same, but checks on the login node: queues nothing when all is done
+#
+# Array mode (default): this job (or the bash call) validates every run, freezes the
+# runs into DIR/manifests/<stamp>.json and submits itself as a job array of exactly the
+# pending indices, throttled to GRID_MAX_PARALLEL; each array task runs one run with
+# `srun python -m runner.grid --manifest M --run-index $SLURM_ARRAY_TASK_ID`.
+# Nothing pending: prints "nothing to do" and submits nothing.
+#
+# Packed mode: GRID_MODE=packed sbatch -n 8 slurm/grid.sh SPEC ...
+# runs the pending runs inside this one allocation as `srun --exact -n GRID_TASKS_PER_RUN`
+# steps, as many at once as the allocation holds.
+#
+# Environment knobs (export them, or pass sbatch --export=ALL,NAME=value):
+#   PYTHON                python with the runner installed (default: python; e.g. .venv/bin/python)
+#   GRID_MODE             array (default) or packed
+#   GRID_MAX_PARALLEL     array throttle, the %N of --array (default 16)
+#   GRID_TASKS_PER_RUN    tasks (= GPUs) per run; each task is one DDP rank (default 1)
+#   GRID_GPUS_PER_TASK    GPUs per task in array mode (default 0: CPU-only; set 1 on GPU partitions)
+#   GRID_SBATCH_ARGS      extra sbatch arguments for the array, e.g. "--partition=gpu --time=04:00:00"
+#
+# Logs: DIR/logs/<array job>_<index>.out (array), DIR/logs/<job>-run<index>.out (packed),
+# this job's own log in the submit directory (slurm-<job>.out). Results: DIR/runs/<run_id>/.
+
+#SBATCH --job-name=dml-grid
+#SBATCH --ntasks=1
+#SBATCH --cpus-per-task=1
+#SBATCH --time=01:00:00
+#SBATCH --signal=B:USR2@60
+#SBATCH --requeue
+##SBATCH --partition=gpu
+##SBATCH --account=myproject
+##SBATCH --qos=normal
+##SBATCH --gpus-per-task=1
+
+set -euo pipefail
+PY=${PYTHON:-python}
+MODE=${GRID_MODE:-array}
+
+# USR2 comes 60 s before the time limit (#SBATCH --signal=B:USR2@60, to this shell only): requeue
+# this job; the run resumes from its last epoch checkpoint. At most GRID_MAX_REQUEUE times.
+requeue_on_usr2() {
+  local id=$1
+  trap "on_usr2 $id" USR2
+}
+on_usr2() {
+  if (( ${SLURM_RESTART_COUNT:-0} < ${GRID_MAX_REQUEUE:-3} )); then
+    echo "$(date +%T) USR2: time is nearly up, requeueing $1"
+    scontrol requeue "$1"
+  else
+    echo "$(date +%T) USR2: requeued ${SLURM_RESTART_COUNT:-0} times already; rerun the grid to resume"
+  fi
+}
+
+if [[ -n "${GRID_MANIFEST:-}" && -n "${SLURM_ARRAY_TASK_ID:-}" ]]; then
+  # an array task: one run, with as many ranks (srun tasks) as this task's allocation has
+  echo "array task ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} on $(hostname), restart ${SLURM_RESTART_COUNT:-0}"
+  requeue_on_usr2 "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
+  srun --kill-on-bad-exit=1 "$PY" -u -m runner.grid --manifest "$GRID_MANIFEST" \
+    --run-index "$SLURM_ARRAY_TASK_ID" &
+  STEP=$!
+  until wait "$STEP"; do   # wait returns early (>128) when a trapped signal arrives
+    rc=$?
+    kill -0 "$STEP" 2>/dev/null || exit "$rc"
+  done
+  exit 0
+fi
+
+if [[ $# -lt 1 ]]; then
+  echo "usage: [sbatch|bash] slurm/grid.sh SPEC [--out DIR] [--set key=value]... [--retry-failed]" >&2
+  exit 2
+fi
+ARGS=("$@")
+OUT=results
+for ((i = 1; i < $#; i++)); do
+  case "${ARGS[i]}" in
+    --out) OUT=${ARGS[i+1]:-results} ;;
+    --out=*) OUT=${ARGS[i]#--out=} ;;
+  esac
+done
+mkdir -p "$OUT/manifests" "$OUT/logs"
+OUT=$(cd "$OUT" && pwd)
+STAMP=$(date +%Y%m%d-%H%M%S)-${SLURM_JOB_ID:-$$}
+MANIFEST=$OUT/manifests/$STAMP.json
+PENDING_ARGS=(--array)
+[[ $MODE == packed ]] && PENDING_ARGS=(--pending)
+# validates every run first (exit 2 and a one-line reason: nothing is queued), then freezes them
+TODO=$("$PY" -m runner.grid "${ARGS[@]}" --write-manifest "$MANIFEST" "${PENDING_ARGS[@]}" \
+       --max-parallel "${GRID_MAX_PARALLEL:-16}")
+if [[ -z "$TODO" ]]; then
+  echo "nothing to do: every run of $1 is done in $OUT (see python -m runner.grid $1 --list)"
+  rm -f "$MANIFEST"
+  exit 0
+fi
+
+if [[ $MODE == array ]]; then
+  if [[ -n "${SLURM_JOB_ID:-}" ]]; then
+    SELF=$0                                   # sbatch ran a copy of this script; sbatch reads it again now
+    unset $(compgen -e | grep '^SLURM_' | grep -v '^SLURM_CONF$') || true   # don't leak this job into the array
+  else
+    SELF=${BASH_SOURCE[0]}
+  fi
+  TPR=${GRID_TASKS_PER_RUN:-1}
+  GPU_ARGS=()
+  [[ ${GRID_GPUS_PER_TASK:-0} -gt 0 ]] && GPU_ARGS=(--gpus-per-task="$GRID_GPUS_PER_TASK")
+  read -r -a EXTRA <<< "${GRID_SBATCH_ARGS:-}"
+  sbatch --parsable --array="$TODO" --ntasks="$TPR" "${GPU_ARGS[@]}" "${EXTRA[@]}" \
+    --job-name="dml-$(basename "$1" .yaml)" --output="$OUT/logs/%A_%a.out" \
+    --export=ALL,GRID_MANIFEST="$MANIFEST",PYTHON="$PY" "$SELF" \
+    | { read -r JOB; echo "submitted array job $JOB --array=$TODO ($MANIFEST)"; }
+  exit 0
+fi
+
+if [[ $MODE != packed ]]; then
+  echo "GRID_MODE: got $MODE, expected array or packed" >&2
+  exit 2
+fi
+if [[ -z "${SLURM_JOB_ID:-}" ]]; then
+  echo "packed mode runs inside an allocation: GRID_MODE=packed sbatch -n N slurm/grid.sh ..." >&2
+  exit 2
+fi
+# packed: srun steps of TPR tasks, as many at once as the allocation's tasks allow
+TPR=${GRID_TASKS_PER_RUN:-1}
+SLOTS=$(( ${SLURM_NTASKS:-1} / TPR ))
+(( SLOTS >= 1 )) || { echo "allocation has ${SLURM_NTASKS:-1} tasks, a run needs $TPR" >&2; exit 2; }
+requeue_on_usr2 "$SLURM_JOB_ID"   # the requeued job writes a new manifest and resumes what is left
+IFS=, read -r -a INDICES <<< "$TODO"
+echo "packed: ${#INDICES[@]} runs, $SLOTS at a time, $TPR task(s) each ($MANIFEST)"
+FAILED=0
+running=0
+for idx in "${INDICES[@]}"; do
+  if (( running >= SLOTS )); then
+    wait -n || FAILED=$((FAILED + 1))
+    running=$((running - 1))
+  fi
+  srun --exact -n "$TPR" --kill-on-bad-exit=1 --output="$OUT/logs/${SLURM_JOB_ID}-run${idx}.out" \
+    "$PY" -u -m runner.grid --manifest "$MANIFEST" --run-index "$idx" &
+  running=$((running + 1))
+done
+while (( running > 0 )); do
+  wait -n || FAILED=$((FAILED + 1))
+  running=$((running - 1))
+done
+echo "packed: done, $FAILED of ${#INDICES[@]} steps failed"
+[[ $FAILED -eq 0 ]]

@@ -1,0 +1,178 @@
+"""Spec expansion, validation before submission, manifests, pending/retry, locks, grid.sh without SLURM."""
+
+import json
+import os
+import subprocess
+import textwrap
+
+import numpy as np
+import pytest
+
+from runner import grid, store
+from runner.config import run_id
+from runner.train import RunLocked, run_lock, run_one
+from tests.conftest import PYTHON, ROOT
+
+TINY = """\
+name: tiny
+model: {width: 8}
+train: {epochs: 1, batch_size: 32, num_threads: 1}
+"""
+
+
+def write_spec(tmp_path, body: str, name: str = "spec.yaml"):
+    path = tmp_path / name
+    path.write_text(TINY + textwrap.dedent(body))
+    return path
+
+
+def test_exercise_expands_to_60_distinct_runs():
+    runs = grid.expand_grid(grid.load_spec(ROOT / "jobs/exercise.yaml"))
+    assert len(runs) == 60 and len({run_id(r) for r in runs}) == 60
+    assert sorted({r.embedding.dim for r in runs}) == [2, 8, 16, 32, 64] and {r.seed for r in runs} == {0, 1, 2}
+    assert {(r.loss.name, r.miner.name) for r in runs} == {
+        ("ContrastiveLoss", None), ("ContrastiveLoss", "PairMarginMiner"),
+        ("TripletMarginLoss", None), ("TripletMarginLoss", "TripletMarginMiner")}
+
+
+def test_variants_grid_include_seeds_and_dedup(tmp_path):
+    spec = write_spec(tmp_path, """\
+        variants: [{loss: {name: triplet}}, {loss: {name: contrastive}, miner: {name: null}}]
+        grid: {embedding.dim: [4, 8], train.lr: [0.001, 0.01]}
+        include: [{embedding.dim: 16}, {embedding.dim: 4, train.lr: 0.001, loss: {name: contrastive}, miner: {name: null}}]
+        seeds: [0, 1]
+        """)
+    runs = grid.expand_grid(grid.load_spec(spec))
+    # 2 variants × 4 grid points × 2 seeds + 1 new include × 2 seeds; the second include is variant 1 at dim 4
+    assert len(runs) == 2 * 4 * 2 + 2
+    assert runs[-1].embedding.dim == 16 and runs[-1].seed == 1 and runs[-1].loss.name == "TripletMarginLoss"
+    assert len(grid.expand_grid(grid.load_spec(spec, ["train.epochs=2"]))) == 18
+
+
+def test_one_bad_combination_exits_2_with_one_line(tmp_path, capsys):
+    spec = write_spec(tmp_path, """\
+        grid: {train.batch_size: [32, 30]}
+        """)
+    assert grid.main([str(spec), "--list"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: train.batch_size") and "grid" not in err.split("[in")[0]
+    assert "[in variants[0]" in err
+
+
+def test_grid_sh_validates_before_queueing(tmp_path, subprocess_env):
+    """A bad spec: exit 2, no manifest, and sbatch is never called (a fake sbatch on PATH records calls)."""
+    calls = fake_sbatch(tmp_path, subprocess_env)
+    spec = write_spec(tmp_path, "grid: {train.batch_size: [32, 30]}\n")
+    out = tmp_path / "res"
+    p = subprocess.run(["bash", str(ROOT / "slurm/grid.sh"), str(spec), "--out", str(out)], env=subprocess_env,
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 2 and "train.batch_size" in p.stderr
+    assert not calls.exists() and not list((out / "manifests").glob("*.json"))
+
+
+def fake_sbatch(tmp_path, env: dict):
+    """Put an `sbatch` on PATH that records its arguments and prints a job id."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    calls = tmp_path / "sbatch-calls.txt"
+    (bindir / "sbatch").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >> {calls}\necho 4242\n')
+    (bindir / "sbatch").chmod(0o755)
+    env["PATH"] = f"{bindir}{os.pathsep}{env['PATH']}"
+    env["PYTHON"] = PYTHON
+    env.pop("SLURM_JOB_ID", None)
+    return calls
+
+
+def test_grid_sh_array_submits_exactly_the_pending_indices(tmp_path, subprocess_env):
+    calls = fake_sbatch(tmp_path, subprocess_env)
+    spec = write_spec(tmp_path, "grid: {embedding.dim: [4, 8, 16, 32]}\n")
+    out = tmp_path / "res"
+    runs = grid.expand_grid(grid.load_spec(spec))
+    fake_done(out, runs[1])
+    subprocess_env["GRID_MAX_PARALLEL"] = "3"
+    p = subprocess.run(["bash", str(ROOT / "slurm/grid.sh"), str(spec), "--out", str(out)], env=subprocess_env,
+                       cwd=tmp_path, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    args = calls.read_text().splitlines()
+    assert "--array=0,2-3%3" in args and "--ntasks=1" in args and args[-1] == str(ROOT / "slurm/grid.sh")
+    assert f"--output={out}/logs/%A_%a.out" in args
+    manifest = next(a for a in args if a.startswith("--export=")).split("GRID_MANIFEST=")[1].split(",")[0]
+    frozen, data = grid.read_manifest(manifest)
+    assert [run_id(r) for r in frozen] == [run_id(r) for r in runs] and data["out"] == str(out)
+    assert "submitted array job 4242" in p.stdout
+
+
+def fake_done(out, cfg, status: str = "completed"):
+    """A run.h5 with the given status (and the datasets a completed one must have)."""
+    rec = store.RunRecord(run_id=run_id(cfg), config=cfg.to_dict(), status=status)
+    if status == "completed":
+        rec.final = {s: {"embeddings": np.zeros((2, 2), np.float32), "labels": np.zeros(2, np.int64),
+                         "index": np.arange(2)} for s in ("train", "test")}
+    store.write_run(store.run_path(out, run_id(cfg)), rec)
+
+
+def test_manifest_freezes_runs_against_spec_edits(tmp_path, capsys):
+    spec = write_spec(tmp_path, "grid: {embedding.dim: [4, 8]}\n")
+    manifest, out = tmp_path / "m.json", tmp_path / "res"
+    assert grid.main([str(spec), "--out", str(out), "--write-manifest", str(manifest)]) == 0
+    spec.write_text(TINY + "grid: {embedding.dim: [2, 4, 8]}\n")  # edited after submission
+    runs, data = grid.read_manifest(manifest)
+    assert [r.embedding.dim for r in runs] == [4, 8] and data["out"] == str(out.resolve())
+    assert grid.main(["--manifest", str(manifest), "--set", "seed=3"]) == 2
+    data["runs"][0]["config"]["seed"] = 7  # tampered: run_id no longer matches
+    manifest.write_text(json.dumps(data))
+    assert grid.main(["--manifest", str(manifest), "--pending"]) == 2
+    assert "--manifest" in capsys.readouterr().err
+
+
+def test_pending_skips_done_and_failed_unless_retrying(tmp_path, capsys):
+    spec = write_spec(tmp_path, "grid: {embedding.dim: [4, 8, 16]}\n")
+    out = tmp_path / "res"
+    runs = grid.expand_grid(grid.load_spec(spec))
+    fake_done(out, runs[0])
+    fake_done(out, runs[1], "failed")
+    assert grid.pending(runs, out) == [2]
+    assert grid.pending(runs, out, retry_failed=True) == [1, 2]
+    assert grid.main([str(spec), "--out", str(out), "--array", "--max-parallel", "2", "--retry-failed"]) == 0
+    assert capsys.readouterr().out.strip() == "1-2%2"
+    grid.main([str(spec), "--out", str(out), "--list"])
+    listing = capsys.readouterr().out.splitlines()
+    assert "done" in listing[0] and "failed" in listing[1] and "missing" in listing[2]
+    assert listing[-1] == "3 runs: 1 done, 1 failed, 0 running, 1 to do"
+
+
+def test_array_ranges():
+    assert grid.array_ranges([]) == ""
+    assert grid.array_ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8"
+    assert grid.array_ranges([3]) == "3"
+
+
+def test_locked_run_is_running_and_skipped(tmp_path, capsys):
+    spec = write_spec(tmp_path, "grid: {embedding.dim: [4]}\n")
+    out = tmp_path / "res"
+    runs = grid.expand_grid(grid.load_spec(spec))
+    with run_lock(store.run_dir(out, run_id(runs[0]))):  # another launcher is training it
+        assert grid.run_statuses(runs, out) == ["running"] and grid.pending(runs, out) == []
+        with pytest.raises(RunLocked):
+            run_one(runs[0], out, progress=False)
+        assert grid.main([str(spec), "--out", str(out), "--run-index", "0"]) == 0
+        assert "skipped" in capsys.readouterr().out
+    assert grid.run_statuses(runs, out) == [None]
+
+
+def test_two_concurrent_launches_of_one_run_leave_one_valid_result(tmp_path, subprocess_env):
+    spec = write_spec(tmp_path, "grid: {embedding.dim: [4]}\n")
+    out = tmp_path / "res"
+    cmd = [PYTHON, "-m", "runner.grid", str(spec), "--out", str(out), "--run-index", "0"]
+    procs = [subprocess.Popen(cmd, env=subprocess_env, cwd=tmp_path, stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    # one trains it; the other finds it locked, or completed already: both say "skipped"
+    assert sum("completed" in o and "skipped" not in o for o in outputs) == 1, outputs
+    runs = grid.expand_grid(grid.load_spec(spec))
+    assert grid.run_statuses(runs, out) == ["completed"]
+    data = store.read_run(store.run_path(out, run_id(runs[0])))
+    assert data["attrs"]["status"] == "completed"
+    leftovers = [p.name for p in store.run_dir(out, run_id(runs[0])).iterdir() if p.name.endswith(".tmp")]
+    assert not leftovers

@@ -1,0 +1,174 @@
+"""Real SLURM: grid.sh in array and packed mode, runner.submit, a 2-task DDP srun, a requeued run.
+
+Needs the local cluster (tests/run.sh starts it with slurm/cluster.sh); skipped only
+where SLURM's commands are not installed. Runs are tiny (1–6 epochs of a width-8 CNN).
+"""
+
+import re
+import shutil
+import subprocess
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+from runner import grid, store
+from runner.config import run_id
+from tests.conftest import PYTHON, ROOT
+
+pytestmark = [pytest.mark.slurm,
+              pytest.mark.skipif(shutil.which("sinfo") is None, reason="SLURM is not installed (no sinfo)")]
+
+SPEC = """\
+name: tiny
+model: {width: 8}
+train: {epochs: 1, batch_size: 32, num_threads: 1}
+grid:
+  embedding.dim: [4, 8]
+"""
+DONE = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE"}
+
+
+@pytest.fixture
+def slurm_env(subprocess_env):
+    subprocess_env["PYTHON"] = PYTHON
+    for key in [k for k in subprocess_env if k.startswith(("SLURM_", "SBATCH_", "GRID_"))]:
+        subprocess_env.pop(key)
+    return subprocess_env
+
+
+def sbatch(args: list, env: dict, cwd) -> str:
+    p = subprocess.run(["sbatch", "--parsable", f"--chdir={cwd}", *args], env=env, capture_output=True, text=True,
+                       check=True)
+    return p.stdout.strip().split(";")[0]
+
+
+def sacct_states(job: str) -> dict:
+    """JobID -> State of a job (and its array tasks), allocations only."""
+    p = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "JobID,State"], capture_output=True, text=True)
+    return dict(line.split("|")[:2] for line in p.stdout.splitlines() if "|" in line)
+
+
+def wait_job(job: str, timeout_s: float = 240, n_tasks: int = 1) -> dict:
+    """Poll until squeue forgets the job and sacct (which lags) reports n_tasks final states."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        queued = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout.strip()
+        states = {k: v.split()[0] for k, v in sacct_states(job).items() if "[" not in k}
+        if not queued and len(states) >= n_tasks and all(s in DONE for s in states.values()):
+            return states
+        time.sleep(1)
+    raise TimeoutError(f"job {job} not finished after {timeout_s} s: {sacct_states(job)}")
+
+
+def make_spec(tmp_path, body: str = SPEC):
+    path = tmp_path / "spec.yaml"
+    path.write_text(textwrap.dedent(body))
+    return path, grid.expand_grid(grid.load_spec(path))
+
+
+def assert_all_completed(out, runs):
+    assert grid.run_statuses(runs, out) == ["completed"] * len(runs)
+
+
+def test_grid_sh_array_mode_then_nothing_to_do(tmp_path, slurm_env):
+    spec, runs = make_spec(tmp_path)
+    out = tmp_path / "res"
+    driver = sbatch([f"--output={tmp_path}/driver-%j.out", str(ROOT / "slurm/grid.sh"), str(spec), "--out", str(out)],
+                    slurm_env, tmp_path)
+    assert wait_job(driver, 300) == {driver: "COMPLETED"}
+    log = (tmp_path / f"driver-{driver}.out").read_text()
+    array = re.search(r"submitted array job (\d+) --array=0-1%16", log).group(1)
+    states = wait_job(array, 300, n_tasks=2)
+    assert states == {f"{array}_0": "COMPLETED", f"{array}_1": "COMPLETED"}
+    assert_all_completed(out, runs)
+    assert "completed" in (out / "logs" / f"{array}_1.out").read_text()
+    # the same command again: the driver finds nothing pending and queues no array
+    again = sbatch([f"--output={tmp_path}/driver-%j.out", str(ROOT / "slurm/grid.sh"), str(spec), "--out", str(out)],
+                   slurm_env, tmp_path)
+    assert wait_job(again, 300) == {again: "COMPLETED"}
+    assert "nothing to do" in (tmp_path / f"driver-{again}.out").read_text()
+    assert len(list((out / "manifests").glob("*.json"))) == 1
+
+
+def test_grid_sh_packed_mode(tmp_path, slurm_env):
+    spec, runs = make_spec(tmp_path)
+    out = tmp_path / "res"
+    slurm_env["GRID_MODE"] = "packed"
+    job = sbatch(["-n", "2", f"--output={tmp_path}/packed-%j.out", str(ROOT / "slurm/grid.sh"), str(spec),
+                  "--out", str(out)], slurm_env, tmp_path)
+    assert wait_job(job, 300) == {job: "COMPLETED"}, (tmp_path / f"packed-{job}.out").read_text()
+    assert_all_completed(out, runs)
+    steps = subprocess.run(["sacct", "-n", "-P", "-j", job, "-o", "JobID,State"], capture_output=True, text=True).stdout
+    assert f"{job}.0|COMPLETED" in steps and f"{job}.1|COMPLETED" in steps  # one srun step per run
+    for i in range(2):
+        assert "completed" in (out / "logs" / f"{job}-run{i}.out").read_text()
+
+
+def test_submit_slurm_executor_ddp_then_nothing_to_do(tmp_path, slurm_env):
+    """An array of 2 runs, each a 2-task DDP run (tasks_per_node=2), then the same command again."""
+    spec, _ = make_spec(tmp_path)
+    runs = grid.expand_grid(grid.load_spec(spec, ["model.norm=group"]))
+    out = tmp_path / "res"
+    cmd = [PYTHON, "-m", "runner.submit", str(spec), "--out", str(out), "--executor", "slurm", "--set",
+           "model.norm=group", "--tasks-per-run", "2", "--cpus-per-task", "1", "--timeout-min", "10", "--wait"]
+    p = subprocess.run(cmd, env=slurm_env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "2 completed" in p.stdout
+    assert_all_completed(out, runs)
+    attrs = store.read_run(store.run_path(out, run_id(runs[0])))["attrs"]
+    assert attrs["world_size"] == 2 and attrs["launcher"] == "slurm"
+    p = subprocess.run(cmd, env=slurm_env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "nothing to do" in p.stdout
+
+
+def test_two_task_ddp_run_via_srun(tmp_path, slurm_env):
+    spec, _ = make_spec(tmp_path)
+    out = tmp_path / "res"
+    p = subprocess.run(["srun", "-n", "2", f"--chdir={tmp_path}", "--kill-on-bad-exit=1", PYTHON, "-m", "runner.grid",
+                        str(spec), "--out", str(out), "--run-index", "0", "--set", "model.norm=group"],
+                       env=slurm_env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.stdout.count("completed") == 1  # only rank 0 reports
+    cfg = grid.expand_grid(grid.load_spec(spec, ["model.norm=group"]))[0]
+    attrs = store.read_run(store.run_path(out, run_id(cfg)))["attrs"]
+    assert attrs["status"] == "completed" and attrs["world_size"] == 2 and attrs["launcher"] == "slurm"
+
+
+def test_preempted_run_requeues_resumes_and_matches_uninterrupted(tmp_path, slurm_env):
+    """submitit's preemption signal (SIGTERM, then USR2): GridTask.checkpoint requeues, the run resumes."""
+    import submitit
+
+    from runner.submit import GridTask
+    from runner.train import run_one
+    spec, _ = make_spec(tmp_path, SPEC.replace("epochs: 1", "epochs: 10, save_every: 1"))
+    cfg = grid.expand_grid(grid.load_spec(spec))[0]
+    out = tmp_path / "res"
+    executor = submitit.AutoExecutor(folder=tmp_path / "submitit" / "%j", cluster="slurm")
+    executor.update_parameters(timeout_min=10, cpus_per_task=1, tasks_per_node=1,
+                               slurm_setup=[f"export PYTHONPATH={ROOT}"])
+    job = executor.submit(GridTask(), [cfg.to_dict()], str(out), False)
+    ckpt = store.run_dir(out, run_id(cfg)) / "checkpoint.pt"
+    deadline = time.time() + 180
+    while not ckpt.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    assert ckpt.exists(), job.stderr()
+    first = ckpt.stat().st_mtime_ns  # epoch 0 (untrained); interrupt once epoch 1 is saved
+    while ckpt.exists() and ckpt.stat().st_mtime_ns == first and time.time() < deadline:
+        time.sleep(0.05)
+    job._interrupt(timeout=False)  # preemption
+    result = job.result()[0]
+    assert result["status"] == "completed"
+    history = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-j", job.job_id, "-o", "State"],
+                             capture_output=True, text=True).stdout.split()
+    assert "REQUEUED" in history or "PREEMPTED" in history, history
+    resumed = store.read_run(store.run_path(out, run_id(cfg)), epochs=True)
+    reference = run_one(cfg, tmp_path / "reference", progress=False)
+    uninterrupted = store.read_run(store.run_path(tmp_path / "reference", run_id(cfg)), epochs=True)
+    assert resumed["attrs"]["metrics"] == pytest.approx(reference["metrics"], abs=1e-6)
+    np.testing.assert_allclose(resumed["history"]["steps"]["loss"], uninterrupted["history"]["steps"]["loss"],
+                               atol=1e-6)
+    for split in ("train", "test"):
+        np.testing.assert_allclose(resumed["final"][split]["embeddings"], uninterrupted["final"][split]["embeddings"],
+                                   atol=1e-6)
