@@ -1,0 +1,130 @@
+"""2-D views of stored embeddings: t-SNE, UMAP, or the embedding itself when d = 2.
+
+Train and test embeddings of one epoch are projected together (same map, so the panels
+are comparable) and drawn in separate panels, one colour per class. Large splits are
+subsampled per class to at most MAX_POINTS points in all. umap is imported on first
+use (its import and JIT compilation take seconds).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from analysis.load import load_data_info, load_snapshot, load_snapshot_epochs
+
+MAX_POINTS = 2000
+"""Points per projection (train + test); t-SNE and UMAP time grows fast beyond this."""
+
+
+def subsample(labels: np.ndarray, n_max: int, seed: int = 0) -> np.ndarray:
+    """Sorted row indices, at most n_max, every class kept in proportion."""
+    n = len(labels)
+    if n <= n_max:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        keep.append(rng.choice(rows, size=max(1, int(round(n_max * len(rows) / n))), replace=False))
+    return np.sort(np.concatenate(keep))[:n_max] if sum(map(len, keep)) > n_max else np.sort(np.concatenate(keep))
+
+
+def project(emb: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
+    """N×2 coordinates: the embedding itself for d <= 2, else t-SNE or UMAP."""
+    emb = np.asarray(emb, dtype=np.float64)
+    if emb.shape[1] <= 2:
+        return np.pad(emb, ((0, 0), (0, 2 - emb.shape[1])))
+    if method == "tsne":
+        from sklearn.manifold import TSNE
+        perplexity = float(min(30.0, max(2.0, (len(emb) - 1) / 3.5)))
+        return TSNE(2, init="pca", perplexity=perplexity, max_iter=500, random_state=seed).fit_transform(emb)
+    if method == "umap":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # n_jobs=1 with a random_state, numba notices
+            import umap
+            return umap.UMAP(n_neighbors=min(15, len(emb) - 1), min_dist=0.1, random_state=seed,
+                             n_jobs=1).fit_transform(emb)
+    raise ValueError(f"unknown projection {method!r}: tsne or umap")
+
+
+def project_run(path: str, method: str, epochs=None, max_points: int = MAX_POINTS, seed: int = 0) -> dict:
+    """{epoch: {"train": (xy, labels), "test": (xy, labels)}} for the first and last stored epochs."""
+    stored = load_snapshot_epochs(path)
+    epochs = epochs if epochs is not None else sorted({stored[0], stored[-1]}) if stored else []
+    out = {}
+    for epoch in epochs:
+        snap = load_snapshot(path, epoch)
+        parts, labels, rows = [], {}, {}
+        n_total = sum(len(s["labels"]) for s in snap.values())
+        for split in ("train", "test"):
+            if split not in snap:
+                continue
+            share = max(2, int(max_points * len(snap[split]["labels"]) / n_total))
+            rows[split] = subsample(snap[split]["labels"], share, seed)
+            labels[split] = snap[split]["labels"][rows[split]]
+            parts.append(snap[split]["embeddings"][rows[split]])
+        xy = project(np.concatenate(parts), method, seed)
+        start, out[epoch] = 0, {}
+        for split in rows:
+            out[epoch][split] = (xy[start:start + len(rows[split])], labels[split])
+            start += len(rows[split])
+    return out
+
+
+def class_colours(n: int) -> list:
+    import matplotlib
+    if n <= 10:
+        return [matplotlib.colormaps["tab10"](i) for i in range(n)]
+    if n <= 20:
+        return [matplotlib.colormaps["tab20"](i) for i in range(n)]
+    pool = [matplotlib.colormaps[name](i) for name in ("tab20", "tab20b", "tab20c") for i in range(20)]
+    return pool[:n] if n <= 60 else [matplotlib.colormaps["hsv"](i / n) for i in range(n)]
+
+
+def scatter(ax, xy: np.ndarray, labels: np.ndarray, class_names: list[str], point_size: float = 6.0) -> None:
+    """One colour per class; class names (or ids when names are long) at the class medians."""
+    import matplotlib.patheffects as pe
+    colours = class_colours(len(class_names))
+    ax.scatter(xy[:, 0], xy[:, 1], c=[colours[int(c) % len(colours)] for c in labels], s=point_size,
+               linewidths=0, alpha=0.8, rasterized=True)
+    short = max((len(n) for n in class_names), default=0) <= 3
+    for c in np.unique(labels):
+        mx, my = np.median(xy[labels == c], axis=0)
+        ax.text(mx, my, class_names[int(c)] if short else str(int(c)), fontsize="small", fontweight="bold",
+                ha="center", va="center", color=colours[int(c) % len(colours)],
+                path_effects=[pe.withStroke(linewidth=2.5, foreground="white")])
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def embedding_figure(fig, proj: dict, class_names: list[str], method_label: str, extra: dict | None = None):
+    """Rows: epoch 0 and final; columns: train, test (+ an optional extra column, e.g. a d=2 run)."""
+    epochs = sorted(proj)
+    n_cols = 2 + (1 if extra else 0)
+    axes = fig.subplots(len(epochs), n_cols, squeeze=False)
+    for r, epoch in enumerate(epochs):
+        for c, split in enumerate(("train", "test")):
+            if split in proj[epoch]:
+                xy, labels = proj[epoch][split]
+                scatter(axes[r, c], xy, labels, class_names)
+            axes[r, c].set_title(f"{method_label} · {split} · epoch {epoch}" + (" (untrained)" if epoch == 0 else " (final)"),
+                                 fontsize="medium")
+    if extra:
+        title, proj2 = extra["title"], extra["proj"]
+        for r, epoch in enumerate(sorted(proj2)[:len(epochs)]):
+            xy, labels = proj2[epoch]["test"]
+            scatter(axes[r, -1], xy, labels, class_names)
+            axes[r, -1].set_aspect("equal", adjustable="datalim")
+            axes[r, -1].set_title(f"{title} · test · epoch {epoch}", fontsize="medium")
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.02, top=0.92, wspace=0.05, hspace=0.15)
+    return axes
+
+
+def class_names_of(path: str) -> list[str]:
+    info = load_data_info(path)
+    if info["class_names"]:
+        return info["class_names"]
+    snap = load_snapshot(path, load_snapshot_epochs(path)[-1])
+    return [str(i) for i in range(int(max(s["labels"].max() for s in snap.values())) + 1)]

@@ -1,0 +1,279 @@
+"""run.h5 files -> one DataFrame, one row per run_id (config columns + metrics + status).
+
+Only HDF5 is read here (docs/hdf5.md); nothing is trained or re-run. Unreadable,
+truncated and failed files are skipped with one warning that lists them. Metrics are
+recomputed from the stored final embeddings (analysis.metrics) and checked against
+the `metrics` attribute the run stored.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Optional
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from runner import store
+
+METRICS = ("knn1", "knn5", "ncm", "p_at_1", "r_precision", "map_at_r")
+METRIC_LABELS = {"knn1": "kNN-1", "knn5": "kNN-5", "ncm": "NCM", "p_at_1": "P@1",
+                 "r_precision": "R-prec", "map_at_r": "MAP@R"}
+RUN_SPECIFIC = ("seed", "train.device", "train.num_threads", "train.deterministic")
+"""Config columns that do not define a configuration: runs differing only here are repeats."""
+INFO_COLUMNS = ("run_id", "path", "status", "config_id", "config_label", "mining", "loss_family",
+                "metrics_diff", "n_steps", "epochs_run", "train_time_s", "family", "n_classes")
+
+
+@dataclass
+class Runs:
+    table: pd.DataFrame
+    """One row per usable run: config columns (dotted), metrics, INFO_COLUMNS."""
+    skipped: list = field(default_factory=list)
+    """(path, reason) of files that were not loaded."""
+    config_columns: list = field(default_factory=list)
+    """Flattened config keys present in the table (seed included)."""
+
+    @property
+    def varying(self) -> list[str]:
+        """Config columns (seed and run-specific ones excluded) that take more than one value."""
+        return varying_columns(self.table, self.config_columns)
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{'loss': {'name': 'x'}} -> {'loss.name': 'x'}; dicts inside `params` stay JSON strings."""
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and key != "params":
+            out.update(flatten(value, f"{name}."))
+        elif isinstance(value, (dict, list)):
+            out[name] = json.dumps(value, sort_keys=True)
+        else:
+            out[name] = value
+    return out
+
+
+def find_run_files(root: str | Path) -> list[Path]:
+    """Every run.h5 under root (results/, results/runs/ or one run directory)."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("run.h5") if p.is_file())
+
+
+def _read_row(path: Path) -> dict:
+    """Attributes and config of one file; raises CorruptRun or returns a row with status."""
+    status = store.run_status(path)
+    if status in (None, "corrupt"):
+        raise store.CorruptRun(f"{path}: unreadable or truncated")
+    attrs = store.read_attrs(path)
+    cfg = attrs.get("config")
+    if not isinstance(cfg, dict):
+        raise store.CorruptRun(f"{path}: no config")
+    row = flatten(cfg)
+    row["_config_keys"] = list(row)
+    row["config_json"] = json.dumps(cfg, sort_keys=True)
+    with h5py.File(path, "r") as f:
+        has_final = all(k in f for k in store.REQUIRED)
+        n_steps = len(f["history/steps/loss"]) if "history/steps/loss" in f else 0
+        data = f.get("data")
+        row["family"] = str(data.attrs.get("family", cfg.get("data", {}).get("name", ""))) if data is not None else ""
+        row["n_classes"] = len(data["class_names"]) if data is not None and "class_names" in data else np.nan
+    stored = attrs.get("metrics") if isinstance(attrs.get("metrics"), dict) else {}
+    row.update({f"stored_{k}": float(stored[k]) for k in METRICS if k in stored})
+    row.update(run_id=attrs.get("run_id", path.parent.name), path=str(path), status=status,
+               has_final=has_final, n_steps=n_steps, epochs_run=attrs.get("epochs_run", np.nan),
+               train_time_s=attrs.get("train_time_s", np.nan), error=attrs.get("error", ""))
+    return row
+
+
+def load_runs(root: str | Path, recompute: bool = True, include_failed: bool = False) -> Runs:
+    """Read every run.h5 under root into one table; skip (and list) corrupt and failed files.
+
+    Args:
+        recompute: recompute metrics from the stored embeddings (the table's values) and
+            record the largest difference to the stored attrs["metrics"] in `metrics_diff`.
+        include_failed: keep failed runs (for loss curves up to the failure); off for tables.
+    """
+    rows, skipped = [], []
+    for path in find_run_files(root):
+        try:
+            row = _read_row(path)
+        except (store.CorruptRun, OSError, KeyError, ValueError) as exc:
+            skipped.append((str(path), f"corrupt: {exc}"))
+            continue
+        if row["status"] == "failed" and not include_failed:
+            skipped.append((str(path), f"failed: {row.get('error') or 'no error recorded'}"))
+            continue
+        rows.append(row)
+    if skipped:
+        listing = "\n  ".join(f"{p} ({why})" for p, why in skipped)
+        warnings.warn(f"skipped {len(skipped)} run file(s):\n  {listing}", stacklevel=2)
+    if not rows:
+        return Runs(pd.DataFrame(columns=["run_id", "path", "status", *METRICS]), skipped, [])
+    config_columns = list(dict.fromkeys(k for r in rows for k in r.pop("_config_keys")))
+    table = pd.DataFrame(rows)
+    table = _add_metrics(table, recompute)
+    table = _add_derived(table, config_columns)
+    return Runs(table.reset_index(drop=True), skipped, config_columns)
+
+
+def _add_metrics(table: pd.DataFrame, recompute: bool) -> pd.DataFrame:
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1):  # hundreds of small kNN problems: BLAS threads would only spin
+        return _add_metrics_1(table, recompute)
+
+
+def _add_metrics_1(table: pd.DataFrame, recompute: bool) -> pd.DataFrame:
+    from analysis.metrics import compute_metrics
+    values, diffs = [], []
+    for _, row in table.iterrows():
+        stored = {k: row[f"stored_{k}"] for k in METRICS if f"stored_{k}" in row}
+        m, diff = stored, np.nan
+        if recompute and row["has_final"]:
+            fin = load_final(row["path"])
+            m = compute_metrics(fin["test"]["embeddings"], fin["test"]["labels"],
+                                fin["train"]["embeddings"], fin["train"]["labels"])
+            d = [abs(m[k] - v) for k, v in stored.items() if np.isfinite(v)]
+            diff = max(d) if d else np.nan
+        diffs.append(diff)
+        values.append({k: float(m.get(k, np.nan)) for k in METRICS})
+    out = pd.concat([table, pd.DataFrame(values, index=table.index)], axis=1)
+    out["metrics_diff"] = diffs
+    bad = out[out["metrics_diff"] > 1e-4]
+    if len(bad):
+        warnings.warn(f"{len(bad)} run(s) store metrics that differ from the exact recomputation "
+                      f"(max {bad['metrics_diff'].max():.3g}; the tables use the recomputed values): "
+                      f"{', '.join(bad['run_id'])}", stacklevel=3)
+    return out
+
+
+def _add_derived(table: pd.DataFrame, config_columns: list[str]) -> pd.DataFrame:
+    """config_id/label (all config columns but seed), mining (none/mined), loss_family."""
+    keys = [c for c in config_columns if c not in RUN_SPECIFIC]
+    canon = table[keys].map(str).agg("|".join, axis=1)
+    table["config_id"] = pd.factorize(canon, sort=True)[0]
+    miner = table.get("miner.name", pd.Series([None] * len(table)))
+    table["mining"] = np.where(miner.isna() | miner.astype(str).isin(["None", "none", ""]), "none", "mined")
+    name = table.get("loss.name", pd.Series([""] * len(table))).astype(str).str.lower()
+    table["loss_family"] = np.select([name.str.contains("contrastive"), name.str.contains("triplet")],
+                                     ["contrastive", "triplet"], default=name)
+    varying = varying_columns(table, config_columns)
+    table["config_label"] = [config_label(r, varying) for _, r in table.iterrows()]
+    return table
+
+
+def varying_columns(table: pd.DataFrame, config_columns: list[str]) -> list[str]:
+    return [c for c in config_columns if c not in RUN_SPECIFIC and c in table
+            and table[c].map(str).nunique() > 1]
+
+
+SHORT = {"loss.name": "", "miner.name": "", "loss.margin": "m=", "embedding.dim": "d=",
+         "miner.params": "", "data.name": "", "miner.margin": "mm="}
+LABEL_ORDER = ("data.name", "loss.name", "miner.name", "loss.margin", "embedding.dim")
+
+
+def _short_value(key: str, value) -> str:
+    text = "none" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+    if key == "loss.name":
+        text = text.replace("MarginLoss", "").replace("Loss", "")
+    if key == "miner.name":
+        text = "no miner" if text in ("none", "None") else "+" + text.replace("Miner", "")
+    return text
+
+
+def config_label(row, varying: list[str]) -> str:
+    """Short human label of a configuration from the columns that vary in the grid."""
+    parts = []
+    for key in sorted(varying, key=lambda k: (LABEL_ORDER + (k,)).index(k)):
+        if key == "miner.params" or (key == "miner.margin" and "loss.margin" in varying):
+            continue  # follows from the miner / loss margin in the grids we run
+        prefix = SHORT.get(key, key.split(".")[-1] + "=")
+        parts.append(prefix + _short_value(key, row[key]))
+    return " · ".join(parts) or "all runs"
+
+
+# ---------------------------------------------------------------- per-run arrays
+
+def load_final(path: str | Path) -> dict:
+    """{"train"/"test": {"embeddings", "labels", "index"}} of the final epoch."""
+    with h5py.File(path, "r") as f:
+        return {s: {k: f[f"final/{s}/{k}"][()] for k in ("embeddings", "labels", "index") if k in f[f"final/{s}"]}
+                for s in f["final"]}
+
+
+def load_snapshot_epochs(path: str | Path) -> list[int]:
+    with h5py.File(path, "r") as f:
+        return sorted(int(e) for e in f.get("epochs", {}))
+
+
+def load_snapshot(path: str | Path, epoch: int) -> dict:
+    """Embeddings of a stored epoch (labels and index from /final)."""
+    final = load_final(path)
+    with h5py.File(path, "r") as f:
+        g = f[f"epochs/{epoch:03d}"]
+        return {s: {**final[s], "embeddings": g[f"{s}/embeddings"][()]} for s in g if s in final}
+
+
+def load_history(path: str | Path, name: str = "steps") -> pd.DataFrame:
+    """/history/steps (one row per optimiser step) or /history/epochs as a DataFrame."""
+    with h5py.File(path, "r") as f:
+        g = f.get(f"history/{name}", {})
+        return pd.DataFrame({k: g[k][()] for k in g})
+
+
+def load_data_info(path: str | Path) -> dict:
+    """class_names, parents (or None), family, image_shape, config of one run."""
+    with h5py.File(path, "r") as f:
+        g = f.get("data")
+        info = {"class_names": None, "parents": None, "family": "", "image_shape": None}
+        if g is not None:
+            for key in ("class_names", "parents"):
+                if key in g:
+                    info[key] = g[key].asstr()[()].tolist()
+            info["family"] = str(g.attrs.get("family", ""))
+            info["image_shape"] = g.attrs["image_shape"].tolist() if "image_shape" in g.attrs else None
+        info["config"] = json.loads(f.attrs["config"])
+    return info
+
+
+# ---------------------------------------------------------------- source images (galleries, baselines)
+
+@lru_cache(maxsize=4)
+def _load_source_cached(data_json: str):
+    from runner.config import ConfigError, DataConfig
+    from runner.data import drop_rare_classes, load_dataset, resize_uint8
+    cfg = DataConfig(**json.loads(data_json))
+    try:
+        return load_dataset(cfg)
+    except ConfigError:
+        if cfg.name != "signs":
+            raise
+        # the synthetic signs are always constructible, registered loader or not
+        from runner.signs import generate_signs
+        ds = drop_rare_classes(generate_signs(cfg.image_size), cfg.min_images_per_class)
+        if cfg.image_size is not None and ds.images.shape[-1] != cfg.image_size:
+            ds.images = resize_uint8(ds.images, cfg.image_size)
+        return ds
+
+
+def load_split_images(data_cfg: dict, index: np.ndarray) -> Optional[np.ndarray]:
+    """uint8 N×C×H×W images of the source data set at `index` (cached per data config); None if unavailable."""
+    try:
+        ds = _load_source_cached(json.dumps(data_cfg, sort_keys=True))
+    except Exception as exc:  # missing files, unknown data set: galleries/baselines say so instead
+        warnings.warn(f"cannot load data set {data_cfg.get('name')!r}: {exc}", stacklevel=2)
+        return None
+    pos = {int(i): r for r, i in enumerate(ds.index.tolist())}
+    try:
+        rows = np.asarray([pos[int(i)] for i in index])
+    except KeyError:
+        warnings.warn(f"data set {data_cfg.get('name')!r} does not hold the stored indices", stacklevel=2)
+        return None
+    return ds.images[rows].numpy()

@@ -1,0 +1,214 @@
+"""`python -m analysis.report RESULTS --out REPORT`: tables, figures and slides from run.h5 files.
+
+Writes REPORT/report.pdf (16:9, at most 10 slides), REPORT/report.md (Marp) with
+REPORT/figures/*.png, REPORT/tables/*.{csv,md,tex}, REPORT/tensorboard/ (HParams for the
+grid, projector for the chosen runs) and REPORT/timings.json. Reads only HDF5 (and the
+data sets named in the runs' configs, for baselines and galleries); trains nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from analysis import tables
+from analysis.load import METRIC_LABELS, METRICS, Runs, load_runs
+
+
+@dataclass
+class Options:
+    metric: str = "map_at_r"
+    """Metric that ranks configurations and picks the runs shown (any of METRICS)."""
+    methods: tuple = ("tsne", "umap")
+    """2-D projections drawn (slides 6 and 7)."""
+    baselines: bool = True
+    tensorboard: bool = True
+    max_points: int = 2000
+    """Points per t-SNE/UMAP projection (train + test, subsampled per class)."""
+    k: int = 5
+    """Neighbours per query in the retrieval gallery."""
+    n_queries: int = 4
+    threads: int = 1
+    """BLAS/OpenMP threads: the analysis is many small problems, where extra threads only spin
+    (3× the CPU time for the same wall time on a busy 2-core machine)."""
+    cache_dir: Optional[Path] = None
+    """Where fitted baselines are cached; None: REPORT/cache."""
+
+
+@dataclass
+class Results:
+    """Everything the slides show, computed once."""
+    runs: Runs
+    configs: pd.DataFrame
+    baselines: pd.DataFrame
+    paired: pd.DataFrame
+    hierarchy: pd.DataFrame
+    openset: pd.DataFrame
+    chosen: dict
+    """role -> table row of a run: best, dim2, best_<loss family>."""
+    projections: dict = field(default_factory=dict)
+    details: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+
+@contextmanager
+def timed(timings: dict, name: str):
+    """Wall seconds of the block in timings[name], CPU seconds of this process in timings['cpu'][name]."""
+    t0, c0 = time.perf_counter(), time.process_time()
+    yield
+    timings[name] = round(time.perf_counter() - t0, 2)
+    timings.setdefault("cpu", {})[name] = round(time.process_time() - c0, 2)
+
+
+def choose_runs(runs: Runs, configs: pd.DataFrame, metric: str) -> dict:
+    """Representative runs (lowest seed of a configuration): the best, the best d=2, the best per loss."""
+    t = runs.table[(runs.table["status"] == "completed") & runs.table["has_final"].astype(bool)]
+    ranked = configs[configs["kind"] == "run"].sort_values(f"{metric}_mean", ascending=False)
+    ranked = ranked[ranked["config_id"].isin(t["config_id"])]
+
+    def first_run(config_id):
+        return t[t["config_id"] == config_id].sort_values("seed").iloc[0]
+
+    if ranked.empty:
+        return {}
+    chosen = {"best": first_run(ranked["config_id"].iloc[0])}
+    if "embedding.dim" in ranked and (ranked["embedding.dim"] == 2).any() and chosen["best"].get("embedding.dim") != 2:
+        chosen["dim2"] = first_run(ranked.loc[ranked["embedding.dim"] == 2, "config_id"].iloc[0])
+    for cid in ranked["config_id"]:
+        fam = t.loc[t["config_id"] == cid, "loss_family"].iloc[0]
+        chosen.setdefault(f"best_{fam}", first_run(cid))
+    return chosen
+
+
+def analyse(results_dir: str | Path, out: Path, opts: Options) -> Results:
+    from analysis import baselines as bl, hierarchy, openset
+    timings: dict = {}
+    with timed(timings, "load_s"):
+        runs = load_runs(results_dir)
+    if runs.table.empty or not (runs.table["status"] == "completed").any():
+        raise SystemExit(f"no completed runs under {results_dir}")
+    with timed(timings, "baselines_s"):
+        base = bl.baseline_table(runs, cache_dir=opts.cache_dir or out / "cache") if opts.baselines else pd.DataFrame()
+    with timed(timings, "tables_s"):
+        configs = tables.with_baselines(tables.config_table(runs), base)
+        paired = tables.paired_comparisons(runs, metrics=tuple(dict.fromkeys(("knn1", opts.metric))))
+        chosen = choose_runs(runs, configs, opts.metric)
+    with timed(timings, "hierarchy_s"):
+        hier = hierarchy.agreement_table(runs.table, permutations=0)
+    with timed(timings, "openset_s"):
+        picks = pd.DataFrame([r for k, r in chosen.items() if k.startswith("best_")]).drop_duplicates("run_id")
+        open_table, open_detail = openset.openset_table(picks)
+    res = Results(runs, configs, base, paired, hier, open_table, chosen, timings=timings)
+    res.details["openset"] = open_detail
+    res.details["hierarchy_best"] = hierarchy.run_hierarchy(chosen["best"]["path"])
+    res.details["hierarchy_pixels"] = hierarchy.pixel_agreement(chosen["best"]["path"]) if opts.baselines else None
+    with timed(timings, "projections_s"):
+        res.projections = project_chosen(chosen, opts)
+    return res
+
+
+def project_chosen(chosen: dict, opts: Options) -> dict:
+    """method -> projection of the best run (epoch 0 and final); 'dim2' -> the d=2 run as it is."""
+    from analysis.embeddings import project_run
+    out = {}
+    for method in opts.methods:
+        try:
+            out[method] = project_run(chosen["best"]["path"], method, max_points=opts.max_points)
+        except ImportError as exc:  # umap-learn is an optional extra
+            warnings.warn(f"{method} projection skipped: {exc}")
+    if "dim2" in chosen:
+        out["dim2"] = project_run(chosen["dim2"]["path"], "tsne", max_points=opts.max_points)
+    return out
+
+
+def write_tables(res: Results, out: Path, metric: str) -> list[Path]:
+    """tables/accuracy, paired, hierarchy, openset, baselines, runs, skipped as CSV (+ md, tex)."""
+    tdir = out / "tables"
+    paths = tables.write_table(res.configs, tables.display_table(res.configs), tdir, "accuracy",
+                               f"Test metrics per configuration, mean ± 95% CI over seeds (runs ranked by {METRIC_LABELS[metric]}); "
+                               "baselines on the same split")
+    if not res.paired.empty:
+        paths += tables.write_table(res.paired, tables.display_paired(res.paired), tdir, "paired",
+                                    "Paired comparisons over matched seeds (b − a)")
+    if not res.hierarchy.empty:
+        paths += tables.write_table(res.hierarchy, res.hierarchy.round(3), tdir, "hierarchy", "Class hierarchy agreement per run")
+    if not res.openset.empty:
+        paths += tables.write_table(res.openset, res.openset.round(3), tdir, "openset",
+                                    "Softmax on frozen embeddings and open-set rejection (Gini threshold)")
+    cols = ["run_id", "status", "config_label", "seed", *METRICS, "metrics_diff", "n_steps", "path"]
+    res.runs.table[[c for c in cols if c in res.runs.table]].to_csv(tdir / "runs.csv", index=False)
+    pd.DataFrame(res.runs.skipped, columns=["path", "reason"]).to_csv(tdir / "skipped.csv", index=False)
+    return paths + [tdir / "runs.csv", tdir / "skipped.csv"]
+
+
+def build_report(results_dir: str | Path, out: str | Path, opts: Optional[Options] = None) -> dict:
+    """Analyse, write tables, figures, slides and TensorBoard logs; returns paths and timings."""
+    from threadpoolctl import threadpool_limits
+    opts = opts or Options()
+    with threadpool_limits(opts.threads):
+        return _build(results_dir, Path(out), opts)
+
+
+def _build(results_dir, out: Path, opts: Options) -> dict:
+    from analysis import deck, slides as sl
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    res = analyse(results_dir, out, opts)
+    timings = res.timings
+    with timed(timings, "tables_write_s"):
+        table_paths = write_tables(res, out, opts.metric)
+    with timed(timings, "slides_s"):
+        deck_slides = deck.make_slides(res, opts)
+        pdf = sl.write_pdf(deck_slides, out / "report.pdf")
+        md = sl.write_marp(deck_slides, out)
+    if opts.tensorboard:
+        from analysis.tb import write_tensorboard
+        with timed(timings, "tensorboard_s"):
+            picks = {}
+            for role, row in res.chosen.items():  # one projector entry per run, named by its first role
+                if row["path"] not in picks.values():
+                    picks[f"{role} {row['config_label']}"] = row["path"]
+            write_tensorboard(res.runs, out / "tensorboard", picks)
+    timings["total_s"] = round(time.perf_counter() - t0, 2)
+    timings["total_cpu_s"] = round(sum(timings["cpu"].values()), 2)
+    timings["n_runs"] = len(res.runs.table)
+    (out / "timings.json").write_text(json.dumps(timings, indent=2))
+    return {"pdf": pdf, "markdown": md, "tables": table_paths, "figures": sorted((out / "figures").glob("*.png")),
+            "slides": len(deck_slides), "timings": timings, "skipped": res.runs.skipped}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
+    p.add_argument("results", help="results directory (every run.h5 below it is read)")
+    p.add_argument("--out", default="report", help="output directory (default: report/)")
+    p.add_argument("--metric", default="map_at_r", choices=METRICS, help="metric that ranks configurations")
+    p.add_argument("--no-umap", action="store_true", help="t-SNE only (UMAP compiles for ~20 s on first use)")
+    p.add_argument("--no-baselines", action="store_true", help="skip raw/PCA/LDA/NCA (they reload the data set)")
+    p.add_argument("--no-tensorboard", action="store_true", help="do not write REPORT/tensorboard")
+    p.add_argument("--max-points", type=int, default=2000, help="points per t-SNE/UMAP projection (default 2000)")
+    p.add_argument("--k", type=int, default=5, help="neighbours per retrieval query (default 5)")
+    p.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads (default 1)")
+    args = p.parse_args(argv)
+    opts = Options(metric=args.metric, methods=("tsne",) if args.no_umap else ("tsne", "umap"),
+                   baselines=not args.no_baselines, tensorboard=not args.no_tensorboard,
+                   max_points=min(args.max_points, 2000), k=args.k, threads=args.threads)
+    result = build_report(args.results, args.out, opts)
+    print(f"{result['slides']} slides: {result['pdf']}  (Marp: {result['markdown']})")
+    print(f"{len(result['tables'])} table files under {Path(args.out) / 'tables'}, {len(result['figures'])} figures")
+    if opts.tensorboard:
+        print(f"tensorboard --logdir {Path(args.out) / 'tensorboard'} --host 127.0.0.1")
+    print("timings (s): " + ", ".join(f"{k}={v}" for k, v in result["timings"].items() if k != "cpu"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

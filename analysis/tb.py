@@ -1,0 +1,96 @@
+"""TensorBoard logs rebuilt from run.h5: HParams for the whole grid, projector for chosen runs.
+
+`tensorboard --logdir REPORT/tensorboard --host 127.0.0.1` then shows
+  HParams:   one session per run (flattened config -> final test metrics), to filter and
+             sort the grid; and per-step loss / diagnostics scalars per run;
+  Projector: final test embeddings of the chosen runs with class labels and image sprites.
+Training writes its own logs to results/runs/<run_id>/tb; these are built from the HDF5
+alone, so they also exist for runs whose tb/ was lost. tensorboard is imported lazily.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from analysis.load import METRICS, Runs, load_data_info, load_final, load_history, load_split_images
+
+SPRITE_LIMIT_PX = 8192
+MAX_PROJECTOR_POINTS = 1000
+STEP_SCALARS = ("loss", "active_fraction", "pos_distance", "neg_distance")
+
+
+def _hparam_value(value):
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "None"
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        value = value.item()
+    return value if isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def write_hparams(runs: Runs, logdir: str | Path, scalars: bool = True) -> Path:
+    """One HParams session per run under logdir/hparams/<run_id> (+ step scalars)."""
+    from torch.utils.tensorboard import SummaryWriter
+    logdir = Path(logdir) / "hparams"
+    for _, run in runs.table.iterrows():
+        hp = {c: _hparam_value(run[c]) for c in runs.config_columns if c != "data.root"}
+        hp["status"] = run["status"]
+        metrics = {f"hparam/{m}": float(run[m]) for m in METRICS if np.isfinite(run.get(m, np.nan))}
+        with SummaryWriter(str(logdir / run["run_id"])) as writer:
+            writer.add_hparams(hp, metrics, run_name=".")
+            if scalars:
+                steps = load_history(run["path"])
+                stride = max(1, len(steps) // 500)  # TensorBoard samples anyway; keep files small
+                for key in (k for k in STEP_SCALARS if k in steps):
+                    for step, value in zip(steps["step"].to_numpy()[::stride], steps[key].to_numpy()[::stride]):
+                        if np.isfinite(value):
+                            writer.add_scalar(f"step/{key}", float(value), int(step))
+    return logdir
+
+
+def write_projector(paths: dict, logdir: str | Path, max_points: int = MAX_PROJECTOR_POINTS) -> Path:
+    """Final test embeddings of {label: run.h5 path} in one projector, with sprites when images load."""
+    import torch
+    from torch.utils.tensorboard import SummaryWriter
+    logdir = Path(logdir) / "projector"
+    with SummaryWriter(str(logdir)) as writer:
+        for label, path in paths.items():
+            final, info = load_final(path), load_data_info(path)
+            test = final["test"]
+            keep = np.sort(np.random.default_rng(0).permutation(len(test["labels"]))[:max_points])
+            names = info["class_names"] or []
+            meta = [[names[int(c)] if int(c) < len(names) else str(int(c)),
+                     (info["parents"] or [""] * (int(c) + 1))[int(c)] if info["parents"] else ""]
+                    for c in test["labels"][keep]]
+            images = load_split_images(info["config"]["data"], test["index"][keep])
+            label_img = None
+            if images is not None:
+                side = SPRITE_LIMIT_PX // math.ceil(math.sqrt(len(keep)))
+                label_img = torch.from_numpy(images).float().div(255.0)
+                if label_img.shape[1] == 1:
+                    label_img = label_img.repeat(1, 3, 1, 1)
+                if label_img.shape[-1] > side:
+                    label_img = torch.nn.functional.interpolate(label_img, size=(side, side), mode="bilinear",
+                                                                antialias=True)
+            writer.add_embedding(torch.from_numpy(test["embeddings"][keep]), metadata=meta,
+                                 metadata_header=["class", "parent"], label_img=label_img, tag=_tag(label))
+    return logdir
+
+
+def _tag(label: str) -> str:
+    """A projector tag (also a directory name): letters, digits and -_=. only, no runs of '_'."""
+    import re
+    return re.sub(r"_+", "_", "".join(ch if ch.isalnum() or ch in "-_=." else "_" for ch in label)).strip("_")[:60]
+
+
+def write_tensorboard(runs: Runs, logdir: str | Path, chosen: dict, scalars: bool = True) -> Path:
+    logdir = Path(logdir)
+    write_hparams(runs, logdir, scalars)
+    if chosen:
+        write_projector(chosen, logdir)
+    return logdir
+
+
+__all__ = ["write_tensorboard", "write_hparams", "write_projector"]

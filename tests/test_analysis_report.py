@@ -1,0 +1,87 @@
+"""python -m analysis.report end to end on a small synthetic grid: PDF pages, figures, Marp, tables, TensorBoard."""
+
+import re
+import warnings
+
+import pandas as pd
+import pytest
+
+from analysis import report
+from analysis.slides import count_pdf_pages
+from tests.test_analysis import baseline_cache, shared_grid
+
+FIGURES = ("table_accuracy", "paired", "sweeps", "loss", "tsne", "umap", "hierarchy", "retrieval", "openset")
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    results = shared_grid(tmp_path_factory)
+    out = tmp_path_factory.mktemp("report")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = report.build_report(results, out, report.Options(max_points=200, cache_dir=baseline_cache(tmp_path_factory)))
+    return results, out, result
+
+
+def test_pdf_has_ten_pages(built):
+    _, out, result = built
+    assert result["slides"] == 10 and count_pdf_pages(out / "report.pdf") == 10
+
+
+def test_every_figure_is_produced(built):
+    _, out, result = built
+    for name in FIGURES:
+        png = out / "figures" / f"{name}.png"
+        assert png.exists() and png.stat().st_size > 5000, name
+    assert result["timings"]["total_s"] > 0 and (out / "timings.json").exists()
+
+
+def test_marp_markdown_references_the_figures(built):
+    _, out, _ = built
+    md = (out / "report.md").read_text()
+    assert md.startswith("---\nmarp: true\n")
+    body = md.split("---\n", 2)[2]
+    assert len(re.findall(r"^---$", body, flags=re.M)) == 9  # 10 slides
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert len(images) == 9 and all((out / p).exists() for p in images)
+
+
+def test_tables_are_written_and_skips_listed(built):
+    results, out, result = built
+    acc = pd.read_csv(out / "tables" / "accuracy.csv")
+    assert {"run", "baseline"} == set(acc["kind"]) and (acc["kind"] == "run").sum() == 8
+    assert {"knn1_mean", "knn1_ci", "map_at_r_mean", "map_at_r_ci"} <= set(acc.columns)
+    for ext in ("md", "tex"):
+        assert "±" in (out / "tables" / f"accuracy.{ext}").read_text() or ext == "tex"
+    assert "\\pm" in (out / "tables" / "accuracy.tex").read_text()
+    paired = pd.read_csv(out / "tables" / "paired.csv")
+    assert set(paired["comparison"]) == {"mining vs none", "triplet vs contrastive"}
+    skipped = pd.read_csv(out / "tables" / "skipped.csv")
+    assert len(skipped) == 3 and len(result["skipped"]) == 3
+
+
+def test_tensorboard_hparams_and_projector(built):
+    _, out, _ = built
+    tb = out / "tensorboard"
+    assert len({p.parent for p in (tb / "hparams").glob("*/events.out.tfevents.*")}) == 17  # one session per run
+    config = (tb / "projector" / "projector_config.pbtxt").read_text()
+    assert "sprite" in config and config.count("embeddings {") >= 2
+    assert list((tb / "projector").rglob("sprite.png"))
+
+
+def test_cli_maps_flags_to_options(built, tmp_path, monkeypatch, capsys):
+    results, _, result = built
+    seen = {}
+
+    def fake_build(res_dir, out, opts):
+        seen.update(results=res_dir, out=out, opts=opts)
+        return {**result, "pdf": tmp_path / "report.pdf"}
+
+    monkeypatch.setattr(report, "build_report", fake_build)
+    assert report.main([str(results), "--out", str(tmp_path), "--no-umap", "--no-tensorboard", "--no-baselines",
+                        "--max-points", "5000", "--metric", "knn1", "--k", "3"]) == 0
+    opts = seen["opts"]
+    assert opts.methods == ("tsne",) and not opts.tensorboard and not opts.baselines
+    assert opts.max_points == 2000 and opts.metric == "knn1" and opts.k == 3  # projections capped at 2,000 points
+    text = capsys.readouterr().out
+    assert "10 slides" in text and "total_s=" in text
