@@ -102,6 +102,9 @@ class MinerConfig:
 class TrainConfig:
     epochs: int = 30
     """Passes over the training split (an epoch is len(train) // global batch steps)."""
+    min_steps: int = 0
+    """Train at least this many optimiser steps: epochs rise to ceil(min_steps / steps per epoch).
+    Tiny data sets have one step per epoch; a step budget keeps them from stopping untrained."""
     batch_size: int = 128
     """Samples per batch on each rank (global batch = batch_size × world_size)."""
     samples_per_class: int = 4
@@ -164,6 +167,7 @@ def validate(cfg: RunConfig) -> None:
     _check(m.width >= 4, "model.width", m.width, "an integer >= 4")
     _check(e.dim >= 1, "embedding.dim", e.dim, "an integer >= 1")
     _check(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
+    _check(t.min_steps >= 0, "train.min_steps", t.min_steps, "an integer >= 0")
     _check(t.samples_per_class >= 1, "train.samples_per_class", t.samples_per_class, "an integer >= 1")
     _check(t.batch_size >= 2, "train.batch_size", t.batch_size, "an integer >= 2")
     _check(t.sampler in ("pk", "random"), "train.sampler", t.sampler, "pk or random")

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as tdist
 
 from runner import evaluate, losses
-from runner.augment import AugmentPolicy, augment_batch
+from runner.augment import AugmentPolicy, augment_batch, to_device
 from runner.config import RunConfig, TrainConfig
 from runner.data import PKSampler, RandomBatchSampler, Splits
 from runner.dist import DistEnv
@@ -110,6 +110,8 @@ class Parts:
     test_images: Optional[torch.Tensor] = None
     world_size: int = 1
     """Ranks in the run: PML's DistributedLossWrapper returns the loss × world_size."""
+    epochs: int = 1
+    """Epochs this run trains: train.epochs, or more to reach train.min_steps."""
 
 
 def build_parts(cfg: RunConfig, splits: Splits, policy: AugmentPolicy, env: DistEnv, device: torch.device) -> Parts:
@@ -130,9 +132,16 @@ def build_parts(cfg: RunConfig, splits: Splits, policy: AugmentPolicy, env: Dist
         miner = pml_dist.DistributedMinerWrapper(miner) if miner is not None else None
     optimizer = make_optimizer(params, cfg.train)
     sampler = make_sampler(cfg.train, train.labels, cfg.seed, env)
-    scheduler = make_schedule(optimizer, cfg.train, cfg.train.epochs * len(sampler))
+    epochs = planned_epochs(cfg.train, len(sampler))
+    scheduler = make_schedule(optimizer, cfg.train, epochs * len(sampler))
     amp = cfg.train.amp and device.type == "cuda"
-    return Parts(model, loss_fn, miner, optimizer, scheduler, sampler, policy, device, amp, world_size=env.world_size)
+    return Parts(model, loss_fn, miner, optimizer, scheduler, sampler, policy, device, amp,
+                 world_size=env.world_size, epochs=epochs)
+
+
+def planned_epochs(t: TrainConfig, steps_per_epoch: int) -> int:
+    """train.epochs, raised so that the run makes at least train.min_steps steps."""
+    return max(t.epochs, -(-t.min_steps // steps_per_epoch))
 
 
 def train_step(parts: Parts, images: torch.Tensor, labels: torch.Tensor, grad_clip: Optional[float]) -> list:
@@ -153,7 +162,7 @@ def train_step(parts: Parts, images: torch.Tensor, labels: torch.Tensor, grad_cl
     d_pos, d_neg = batch_distances(emb, labels)
     # log the loss of the global batch: the wrapper's × world_size only undoes DDP's gradient averaging
     return [loss.detach() / parts.world_size, torch.as_tensor(active, dtype=torch.float32, device=emb.device).detach(),
-            d_pos, d_neg, norm.mean(), torch.tensor(lr, device=emb.device)]
+            d_pos, d_neg, norm.mean(), to_device(torch.tensor(lr), emb.device)]
 
 
 def train_one_epoch(parts: Parts, cfg: RunConfig, splits: Splits, epoch: int, state: TrainState,
@@ -168,10 +177,11 @@ def train_one_epoch(parts: Parts, cfg: RunConfig, splits: Splits, epoch: int, st
     iterator = batches
     if progress:
         from tqdm import tqdm
-        iterator = tqdm(batches, desc=f"epoch {epoch}/{cfg.train.epochs}", leave=False)
+        iterator = tqdm(batches, desc=f"epoch {epoch}/{parts.epochs}", leave=False)
     first_step = len(state.steps["step"])
     for i, idx in enumerate(iterator):
-        idx_t = torch.as_tensor(idx, device=images.device)
+        # a plain host-to-GPU copy waits for the queued kernels: pinned + non_blocking does not
+        idx_t = to_device(torch.as_tensor(idx), images.device)
         x = augment_batch(images[idx_t], parts.policy, gen)
         if parts.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
@@ -226,7 +236,7 @@ def evaluate_epoch(parts: Parts, splits: Splits, env: DistEnv) -> tuple[dict, to
 
 def fit(cfg: RunConfig, splits: Splits, parts: Parts, env: DistEnv, state: Optional[TrainState] = None,
         on_epoch_end: Optional[Callable[[TrainState, Parts], None]] = None, progress: bool = False) -> TrainState:
-    """Train from state.epoch to cfg.train.epochs, evaluating and calling on_epoch_end each epoch."""
+    """Train from state.epoch to parts.epochs, evaluating and calling on_epoch_end each epoch."""
     state = state or TrainState()
     parts.images = splits.train.images.to(parts.device)
     parts.labels = splits.train.labels.to(parts.device)
@@ -235,7 +245,7 @@ def fit(cfg: RunConfig, splits: Splits, parts: Parts, env: DistEnv, state: Optio
         record_epoch(parts, splits, env, state, cfg, 0.0)
         if on_epoch_end:
             on_epoch_end(state, parts)
-    for epoch in range(state.epoch + 1, cfg.train.epochs + 1):
+    for epoch in range(state.epoch + 1, parts.epochs + 1):
         t0 = time.perf_counter()
         train_one_epoch(parts, cfg, splits, epoch, state, progress)
         state.epoch = epoch

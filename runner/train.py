@@ -141,7 +141,7 @@ def _train(cfg, rid, rdir, env, progress, stop_after_epochs, on_epoch, record_st
                     _write_stopped(cfg, rid, rdir, st, splits, attrs)
             if on_epoch:
                 on_epoch(st)
-            if stop_at is not None and st.epoch >= stop_at and st.epoch < cfg.train.epochs:
+            if stop_at is not None and st.epoch >= stop_at and st.epoch < parts_.epochs:
                 raise _Stop()
 
         t0 = time.perf_counter()

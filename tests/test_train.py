@@ -137,3 +137,15 @@ def test_diverging_run_is_recorded_failed(tmp_path):
     assert attrs["failed_step"] >= 0 and attrs["failed_epoch"] >= 1
     # a failed run is retried only when asked
     assert run_one(cfg, tmp_path, retry_failed=False)["skipped"]
+
+
+def test_min_steps_raises_epochs_of_tiny_data(tmp_path):
+    from runner.config import TrainConfig
+    from runner.engine import planned_epochs
+    assert planned_epochs(TrainConfig(epochs=2, min_steps=25), 10) == 3
+    assert planned_epochs(TrainConfig(epochs=5, min_steps=25), 10) == 5
+    # 5 images per class × 10 classes = one step per epoch: min_steps sets the budget
+    cfg = resolve(tiny_layer(epochs=1, min_steps=4), {"data": {"n_per_class": 5}})
+    result = run_one(cfg, tmp_path)
+    steps = store.read_run(result["path"])["history"]["steps"]
+    assert result["status"] == "completed" and len(steps["step"]) == 4 and list(steps["epoch"]) == [1, 2, 3, 4]
