@@ -1,0 +1,95 @@
+"""Smoke tests of benchmarks/train_speed.py and benchmarks/packing.py (code paths at tiny size),
+and of the GPU fast-path switches on CPU (AMP and channels_last are no-ops there)."""
+
+import importlib.util
+import subprocess
+
+import pytest
+import torch
+
+from runner import dist, engine
+from runner.augment import policy_for
+from runner.config import resolve
+from runner.data import load_dataset, split_dataset
+from tests.conftest import PYTHON, ROOT, tiny_layer
+
+
+def load_bench(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_train_speed_quick_prints_ratios(capsys):
+    bench = load_bench("train_speed")
+    assert bench.main(["--quick", "--repeats", "1", "--channels-last"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("triplet ", "contrastive "))]
+    assert [r[0] for r in rows] == ["triplet", "contrastive"]
+    assert all(r[-1].endswith("x") and float(r[-1][:-1]) > 0 for r in rows)
+
+
+def test_train_speed_sides_train_the_same_network():
+    bench = load_bench("train_speed")
+    cfg = bench.make_config("triplet", 1, "none", 32, 8)
+    splits = split_dataset(load_dataset(cfg.data), cfg.data)
+    parts = engine.build_parts(cfg, splits, policy_for(cfg.data, "digits"), dist.DistEnv(), torch.device("cpu"))
+    torch.manual_seed(cfg.seed)
+    from runner.models import build_model, channel_stats
+    bare = build_model(cfg.model, cfg.embedding, 1, 8, *channel_stats(splits.train.images))
+    for (name, a), b in zip(parts.model.state_dict().items(), bare.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert type(parts.loss_fn).__name__ == "TripletMarginLoss" and parts.loss_fn.margin == 0.2
+    assert parts.miner.type_of_triplets == "semihard" and parts.miner.margin == 0.2
+
+
+def test_train_speed_profile_breakdown(capsys):
+    bench = load_bench("train_speed")
+    assert bench.profile_run(1) == 0
+    out = capsys.readouterr().out
+    assert "completed" in out and "miner" in out and "evaluation (evaluate_epoch)" in out
+
+
+def test_packing_quick_prints_ratio(subprocess_env):
+    # a subprocess: the spawned workers import benchmarks/packing.py as __main__'s module
+    out = subprocess.run([PYTHON, str(ROOT / "benchmarks" / "packing.py"), "--quick", "--threads", "1"],
+                         env=subprocess_env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "packed/sequential" in out.stdout
+
+
+def _one_epoch(layer: dict) -> dict:
+    cfg = resolve(layer)
+    splits = split_dataset(load_dataset(cfg.data), cfg.data)
+    device = torch.device(cfg.train.device)
+    parts = engine.build_parts(cfg, splits, policy_for(cfg.data, "digits"), dist.DistEnv(), device)
+    parts.images, parts.labels = splits.train.images.to(device), splits.train.labels.to(device)
+    state = engine.TrainState()
+    engine.train_one_epoch(parts, cfg, splits, 1, state)
+    return {"amp": parts.amp, "steps": state.steps,
+            "weights": {k: v.clone() for k, v in parts.model.state_dict().items()}}
+
+
+def test_amp_on_cpu_is_a_noop():
+    """train.amp asks for bf16 autocast on CUDA only: on CPU the run is bit-identical to amp=False."""
+    off = _one_epoch(tiny_layer(amp=False, device="cpu"))
+    on = _one_epoch(tiny_layer(amp=True, device="cpu"))
+    assert on["amp"] is False
+    assert on["steps"] == off["steps"]
+    assert all(torch.equal(on["weights"][k], off["weights"][k]) for k in off["weights"])
+
+
+def test_cpu_parts_stay_contiguous():
+    """channels_last is applied on CUDA only: CPU weights keep the default layout (results unchanged)."""
+    cfg = resolve(tiny_layer(device="cpu"))
+    splits = split_dataset(load_dataset(cfg.data), cfg.data)
+    parts = engine.build_parts(cfg, splits, policy_for(cfg.data, "digits"), dist.DistEnv(), torch.device("cpu"))
+    convs = [m for m in parts.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(m.weight.is_contiguous() for m in convs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_fast_path_runs_with_amp():
+    out = _one_epoch(tiny_layer(amp=True, device="cuda"))
+    assert out["amp"] is True and all(v == v for v in out["steps"]["loss"])
