@@ -18,7 +18,7 @@ BLOCK_BYTES = 256 * 2**20
 """Memory budget of one block of queries when block_size is None."""
 TILE_BYTES = 4 * 2**20
 """Size of one distance tile of the filtered search: small enough to stay in the CPU cache."""
-SAMPLE_STRIDE = 16
+SAMPLE_STRIDE = 32
 """One reference in SAMPLE_STRIDE estimates each query's k-th neighbour distance."""
 MIN_REFS_TO_FILTER = 2048
 """Below this many references a plain topk over full distance rows is as fast."""
@@ -26,60 +26,68 @@ MIN_REFS_TO_FILTER = 2048
 
 @dataclass(frozen=True)
 class _Refs:
-    """Centred reference embeddings laid out for the distance GEMM."""
+    """Centred references as the right factor of one GEMM that yields distances."""
 
     mean: torch.Tensor  # [dim] float64; centring shrinks norms, hence the cancellation in |a|²-2ab+|b|²
-    t: torch.Tensor  # [dim, n] so a tile of references is a column slice (faster GEMM than ref.T)
-    sq: torch.Tensor  # [n] squared norms
-    sample_t: torch.Tensor  # [dim, n / SAMPLE_STRIDE], every SAMPLE_STRIDE-th reference
-    sample_sq: torch.Tensor
+    aug: torch.Tensor  # [dim + 1, n padded to 8k]: rows -2 * ref.T, then |ref|²; inf on padding
+    sample: torch.Tensor  # [dim + 1, n / SAMPLE_STRIDE], every SAMPLE_STRIDE-th column of aug
+    n: int  # real references
 
     @classmethod
     def build(cls, ref: torch.Tensor) -> "_Refs":
-        """Centre the references on their mean and precompute squared norms."""
+        """Centre the references on their mean and stack -2 * ref.T over the squared norms."""
         mean = ref.mean(0, dtype=torch.float64)
-        t = (ref - mean).float().t().contiguous()
-        sq = t.square().sum(0)
-        sample_t = t[:, ::SAMPLE_STRIDE].contiguous()
-        return cls(mean, t, sq, sample_t, sq[::SAMPLE_STRIDE].contiguous())
+        centred = (ref - mean).float()
+        # [q, 1] @ aug = |r|² - 2 q.r, the distance minus |q|² (constant per row, so ranks are
+        # exact): one plain GEMM, while addmm's broadcast of |r|² costs as much as the product
+        aug = torch.cat([-2 * centred.t(), centred.square().sum(1)[None]])
+        sample = aug[:, : len(ref) : SAMPLE_STRIDE].contiguous()
+        pad = -len(ref) % 8  # whole 8-column groups let _scan read a tile's mask as int64 words
+        aug = torch.cat([aug, aug.new_zeros(len(aug), pad)], 1)
+        aug[-1, len(ref) :] = math.inf  # padding is never near anything
+        return cls(mean, aug, sample, len(ref))
 
-    @property
-    def n(self) -> int:
-        return self.t.shape[1]
-
-
-def _distances(q: torch.Tensor, ref_t: torch.Tensor, ref_sq: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean distances minus |q|², which is constant per row and so never changes a ranking."""
-    return torch.addmm(ref_sq, q, ref_t, alpha=-2)
+    def lift(self, query: torch.Tensor) -> torch.Tensor:
+        """Queries centred like the references, with the trailing 1 that picks up |ref|²."""
+        return torch.nn.functional.pad((query - self.mean).float(), (0, 1), value=1.0)
 
 
 def _topk_direct(q: torch.Tensor, refs: _Refs, k: int, self_cols: Optional[torch.Tensor]) -> torch.Tensor:
     """Indices of the k nearest references, nearest first, from full distance rows."""
-    d = _distances(q, refs.t, refs.sq)
+    d = q @ refs.aug
     if self_cols is not None:  # exclude each query's own index, not every identical vector
         d[torch.arange(len(q), device=q.device), self_cols] = math.inf
     return d.topk(k, dim=1, largest=False).indices
 
 
 def _scan(q: torch.Tensor, refs: _Refs, tau: torch.Tensor, tile: int):
-    """All (row, ref, distance) with distance <= tau[row], plus each hit's slot in its row."""
-    b = len(q)
-    arange = torch.arange(b * tile, device=q.device)
-    fill = torch.zeros(b, dtype=torch.long, device=q.device)
-    rows, cols, vals, slots = [], [], [], []
-    for start in range(0, refs.n, tile):
-        d = _distances(q, refs.t[:, start : start + tile], refs.sq[start : start + tile])
-        # a 1-D nonzero is much cheaper than a 2-D one on CPU; the hits come out row-major
-        flat = (d <= tau[:, None]).view(-1).nonzero().squeeze(1)
-        r = flat // d.shape[1]
-        count = torch.bincount(r, minlength=b)
-        first = count.cumsum(0) - count
-        slots.append(fill[r] + arange[: len(r)] - first[r])
-        fill += count
-        rows.append(r)
-        cols.append(flat % d.shape[1] + start)
-        vals.append(d.view(-1)[flat])
-    return torch.cat(rows), torch.cat(cols), torch.cat(vals), torch.cat(slots), fill
+    """Row, ref and distance of each pair under its row's tau; each hit's slot in its row; hits per row."""
+    words, vals, widths = [], [], []
+    for start in range(0, refs.aug.shape[1], tile):
+        d = q @ refs.aug[:, start : start + tile]
+        # nonzero is the slow part on CPU: run it on 8-flag int64 words (~1 in 10 has a hit),
+        # keep those words' 8 distances, and find the exact hits once per block below
+        hit_words = (d <= tau[:, None]).view(-1).view(torch.int64).nonzero().squeeze(1)
+        words.append(hit_words), vals.append(d.view(-1, 8).index_select(0, hit_words)), widths.append(d.shape[1])
+    b, n_tiles, device = len(q), len(words), q.device
+    sizes = torch.tensor([len(w) for w in words], device=device)
+    tile_id = torch.repeat_interleave(torch.arange(n_tiles, device=device), sizes)
+    first = torch.cat(words) * 8  # position of each word in its tile; widths are multiples of 8
+    width = torch.tensor(widths, device=device).index_select(0, tile_id)
+    rows = first // width
+    word_col = first % width + tile_id * tile
+    vals = torch.cat(vals)
+    hit = (vals <= tau.index_select(0, rows)[:, None]).view(-1).nonzero().squeeze(1)
+    word = hit // 8  # 1-D gathers below: index_select is much faster than advanced indexing
+    rows, tile_id, vals = rows.index_select(0, word), tile_id.index_select(0, word), vals.view(-1).index_select(0, hit)
+    cols = word_col.index_select(0, word) + hit % 8
+    # slot = hits of the same row in earlier tiles + rank among this tile's hits of that row
+    group = tile_id * b + rows
+    count = torch.bincount(group, minlength=n_tiles * b)
+    per_tile = count.view(n_tiles, b)
+    before = ((per_tile.cumsum(0) - per_tile).view(-1) - (count.cumsum(0) - count)).index_select(0, group)
+    slots = before + torch.arange(len(group), device=device)
+    return rows, cols, vals, slots, per_tile.sum(0)
 
 
 def _topk_filtered(q: torch.Tensor, refs: _Refs, k: int, self_cols: Optional[torch.Tensor]) -> torch.Tensor:
@@ -90,24 +98,23 @@ def _topk_filtered(q: torch.Tensor, refs: _Refs, k: int, self_cols: Optional[tor
     with fewer than k (rare) or far too many (e.g. collapsed embeddings) are redone directly.
     """
     k_need = k + (self_cols is not None)
-    expected = k_need * refs.sample_t.shape[1] / refs.n
-    k_sample = min(refs.sample_t.shape[1], math.ceil(expected + 3 * math.sqrt(expected) + 2))
-    tau = _distances(q, refs.sample_t, refs.sample_sq).kthvalue(k_sample, dim=1).values
-    tile = max(256, TILE_BYTES // (4 * len(q)))
+    expected = k_need * refs.sample.shape[1] / refs.n
+    k_sample = min(refs.sample.shape[1], math.ceil(expected + 3 * math.sqrt(expected) + 2))
+    tau = (q @ refs.sample).topk(k_sample, dim=1, largest=False, sorted=False).values.amax(1)
+    tile = max(256, TILE_BYTES // (4 * len(q))) // 8 * 8
     rows, cols, vals, slots, fill = _scan(q, refs, tau, tile)
     limit = 2 * k_sample * SAMPLE_STRIDE + k_need  # bounds memory when many distances tie
-    keep = fill[rows] <= limit
     if self_cols is not None:
-        vals = vals.masked_fill(cols == self_cols[rows], math.inf)
-    rows, cols, vals, slots = rows[keep], cols[keep], vals[keep], slots[keep]
+        vals = vals.masked_fill(cols == self_cols.index_select(0, rows), math.inf)
+    keep = (fill.index_select(0, rows) <= limit).nonzero().squeeze(1)
     width = max(k, min(int(fill.max()), limit))
+    flat = (rows * width + slots).index_select(0, keep)
     dist = torch.full((len(q), width), math.inf, device=q.device)
     index = torch.zeros((len(q), width), dtype=torch.long, device=q.device)
-    dist[rows, slots], index[rows, slots] = vals, cols
+    dist.view(-1)[flat], index.view(-1)[flat] = vals.index_select(0, keep), cols.index_select(0, keep)
     top = dist.topk(k, dim=1, largest=False)
     out = index.gather(1, top.indices)
-    redo = (top.values[:, -1] == math.inf) | (fill > limit)
-    redo = redo.nonzero().squeeze(1)
+    redo = ((top.values[:, -1] == math.inf) | (fill > limit)).nonzero().squeeze(1)
     step = _block_size(refs.n, k, filtered=False)  # full rows: keep to the direct path's budget
     for s in range(0, len(redo), step):
         rows = redo[s : s + step]
@@ -118,15 +125,16 @@ def _topk_filtered(q: torch.Tensor, refs: _Refs, k: int, self_cols: Optional[tor
 def _use_filter(refs: _Refs, k: int) -> bool:
     """Whether the threshold filter pays off: on CPU, when k is a small fraction of the references."""
     # on GPU topk is fast and nonzero syncs, so full rows win there
-    return refs.t.device.type == "cpu" and refs.n >= MIN_REFS_TO_FILTER and (k + 1) * 4 <= refs.n
+    return refs.aug.device.type == "cpu" and refs.n >= MIN_REFS_TO_FILTER and (k + 1) * 4 <= refs.n
 
 
 def _block_size(n_ref: int, k: int, filtered: bool) -> int:
     """Queries per block such that one block's buffers stay near BLOCK_BYTES."""
     # per query: a full distance row, or (filtered) one tile row and ~k candidates; then about
     # 40 B per neighbour for the metrics (labels, masks, cumsum, float64 precisions) and, when
-    # filtered, 60 B per candidate (row, column, slot, distance, padded copies)
-    row_bytes = (16 * 2**10 + 100 * k) if filtered else (4 * n_ref + 40 * k)
+    # filtered, ~60 B per candidate (row, column, slot, distance, padded copies) and the 8-wide
+    # distance words of _scan (32 B per word with a hit, at most ~1.4 k of them)
+    row_bytes = (16 * 2**10 + 100 * k + min(4 * n_ref, 45 * k)) if filtered else (4 * n_ref + 40 * k)
     size = max(1, BLOCK_BYTES // row_bytes)
     return min(size, 2048) if filtered else size  # bigger blocks only shrink the tiles
 
@@ -218,7 +226,7 @@ def _compute(query_emb, query_labels, ref_emb, ref_labels, exclude, ks, block_si
     refs = _Refs.build(ref_emb)
     filtered = _use_filter(refs, k)
     block_size = block_size or _block_size(refs.n, k, filtered)
-    query = (query_emb - refs.mean).float()
+    query = refs.lift(query_emb)
     sums = torch.zeros(len(ks) + 3, dtype=torch.float64, device=query.device)
     for s in range(0, len(query), block_size):
         e = min(s + block_size, len(query))
