@@ -101,6 +101,15 @@ def init_process_group(env: DistEnv, device: torch.device, timeout_s: int = 600)
                              timeout=datetime.timedelta(seconds=timeout_s))
 
 
+def gather_hosts(env: DistEnv) -> list:
+    """Host name of every rank, in rank order (one all-gather; just this host for one process)."""
+    if not env.distributed or not tdist.is_initialized():
+        return [hostname()]
+    hosts = [None] * env.world_size
+    tdist.all_gather_object(hosts, hostname())
+    return hosts
+
+
 def teardown() -> None:
     if tdist.is_initialized():
         tdist.destroy_process_group()

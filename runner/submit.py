@@ -53,11 +53,12 @@ def make_executor(args: argparse.Namespace) -> submitit.Executor:
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster,
                                      slurm_max_num_timeout=args.max_requeue)
     tasks = args.tasks_per_run or max(1, args.gpus_per_run)
-    params = dict(name=args.name, timeout_min=args.timeout_min, nodes=1, tasks_per_node=tasks,
+    params = dict(name=args.name, timeout_min=args.timeout_min, nodes=args.nodes_per_run,
+                  tasks_per_node=tasks // args.nodes_per_run,
                   cpus_per_task=args.cpus_per_task, slurm_array_parallelism=args.max_parallel,
                   slurm_signal_delay_s=args.signal_delay_s)
     if args.gpus_per_run:
-        params["gpus_per_node"] = args.gpus_per_run
+        params["gpus_per_node"] = args.gpus_per_run // args.nodes_per_run
     if args.mem_gb:
         params["mem_gb"] = args.mem_gb
     for key in ("partition", "account", "qos"):
@@ -91,6 +92,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--partition"), p.add_argument("--account"), p.add_argument("--qos")
     p.add_argument("--gpus-per-run", type=int, default=0, help="GPUs per run (one task = one rank per GPU)")
     p.add_argument("--tasks-per-run", type=int, default=0, help="DDP ranks per run (default: GPUs per run, or 1)")
+    p.add_argument("--nodes-per-run", type=int, default=1,
+                   help="nodes per run; the run's tasks (and GPUs) are split evenly over them")
     p.add_argument("--cpus-per-task", type=int, default=2)
     p.add_argument("--mem-gb", type=int, default=0, help="memory per node (0: the partition's default)")
     p.add_argument("--timeout-min", type=int, default=240, help="time limit of each array task")
@@ -101,7 +104,12 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--name", default="dml-grid")
     p.add_argument("--retry-failed", action="store_true", help="also rerun runs recorded as failed")
     p.add_argument("--wait", action="store_true", help="wait for the jobs and print each run's status")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    tasks = args.tasks_per_run or max(1, args.gpus_per_run)
+    if args.nodes_per_run < 1 or tasks % args.nodes_per_run or (args.gpus_per_run % args.nodes_per_run):
+        p.error(f"--nodes-per-run: got {args.nodes_per_run}, expected a positive divisor of the run's "
+                f"{tasks} task(s) and {args.gpus_per_run} GPU(s)")
+    return args
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -120,10 +120,13 @@ def _train(cfg, rid, rdir, env, progress, stop_after_epochs, on_epoch, record_st
         torch.use_deterministic_algorithms(cfg.train.deterministic, warn_only=True)
         device = dist.pick_device(cfg.train.device, env)
         dist.init_process_group(env, device)
+        attrs["hosts"] = dist.gather_hosts(env)  # a rank per host on multi-node runs
         splits, policy = prepare_data(cfg)
         parts = engine.build_parts(cfg, splits, policy, env, device)
         ckpt = rdir / "checkpoint.pt"
         state = load_checkpoint(ckpt, parts, rid) or state
+        if state.epoch and env.is_main:
+            print(f"run {rid}: resuming after epoch {state.epoch} from {ckpt}", flush=True)
         if env.is_main:
             from runner.tb import TBLogger
             logger = TBLogger(rdir / "tb")

@@ -2,6 +2,8 @@
 # A real 2-node SLURM cluster (with accounting) on this one machine, for multi-node tests.
 #
 #   bash slurm/cluster2.sh start|stop|status
+#   bash slurm/cluster2.sh kill-node node2   # power loss: the node and all it runs die at once
+#                                            # (`start` brings it back; SLURM returns it to service)
 #
 # slurmctld, slurmdbd, mariadbd and munged run in the root namespace (as in cluster.sh).
 # Each node (node1, node2) is a slurmd in its own network + UTS + mount + PID namespace,
@@ -114,6 +116,9 @@ write_cluster2_slurm_conf() {
     common_slurm_conf "$CLUSTER" "$(hostname -s)($BRIDGE_ADDR)" "$BRIDGE_ADDR"
     # Job ids distinct from the single-node cluster's, so slurm-%j.out files can't collide.
     echo "FirstJobId=100000"
+    # A node whose slurmd stops answering is DOWN after 15 s (default 300 s) and its jobs
+    # are requeued (NODE_FAIL) or killed: the node-failure test waits for this.
+    echo "SlurmdTimeout=15"
     for node in "${NODES[@]}"; do
       echo "NodeName=$node NodeAddr=$(node_addr "$node") $hw State=UNKNOWN"
     done
@@ -158,6 +163,19 @@ stop_node() {
       kill -KILL "$pid" 2>/dev/null || true
     fi
   fi
+  rm -f "$RUN/node-$node.pid" "$RUN/slurmd-$node.pid"
+}
+
+# SIGKILL to the node's PID 1: the kernel kills every process of the node (slurmd, job
+# steps, Ray) at once, as when a machine loses power. Its network namespace stays.
+kill_node() {
+  local node=$1 pid init
+  [[ " ${NODES[*]} " == *" $node "* ]] || die "kill-node: got '$node', expected one of ${NODES[*]}"
+  pid=$(node_pid "$node") || die "$node is not running"
+  init=$(pgrep -P "$pid" | head -n1) || true
+  log "killing $node (unshare pid $pid, node init pid ${init:-none})"
+  [[ -n $init ]] && kill -KILL "$init" 2>/dev/null
+  kill -KILL "$pid" 2>/dev/null || true
   rm -f "$RUN/node-$node.pid" "$RUN/slurmd-$node.pid"
 }
 
@@ -246,8 +264,9 @@ main2() {
     start) start_cluster2 ;;
     stop) stop_cluster2 ;;
     status) status_cluster2 || exit $? ;;
+    kill-node) require_root && kill_node "${2:-}" ;;
     *)
-      echo "usage: bash slurm/cluster2.sh start|stop|status" >&2
+      echo "usage: bash slurm/cluster2.sh start|stop|status|kill-node NODE" >&2
       exit 2
       ;;
   esac

@@ -19,6 +19,8 @@
 #   GRID_MODE             array (default) or packed
 #   GRID_MAX_PARALLEL     array throttle, the %N of --array (default 16)
 #   GRID_TASKS_PER_RUN    tasks (= GPUs) per run; each task is one DDP rank (default 1)
+#   GRID_NODES_PER_RUN    nodes per run (default 1); GRID_TASKS_PER_RUN ranks spread over them,
+#                         e.g. GRID_NODES_PER_RUN=2 GRID_TASKS_PER_RUN=8 for 2 nodes x 4 GPUs
 #   GRID_GPUS_PER_TASK    GPUs per task in array mode (default 0: CPU-only; set 1 on GPU partitions)
 #   GRID_SBATCH_ARGS      extra sbatch arguments for the array, e.g. "--partition=gpu --time=04:00:00"
 #
@@ -104,10 +106,11 @@ if [[ $MODE == array ]]; then
     SELF=${BASH_SOURCE[0]}
   fi
   TPR=${GRID_TASKS_PER_RUN:-1}
+  NPR=${GRID_NODES_PER_RUN:-1}
   GPU_ARGS=()
   [[ ${GRID_GPUS_PER_TASK:-0} -gt 0 ]] && GPU_ARGS=(--gpus-per-task="$GRID_GPUS_PER_TASK")
   read -r -a EXTRA <<< "${GRID_SBATCH_ARGS:-}"
-  sbatch --parsable --array="$TODO" --ntasks="$TPR" "${GPU_ARGS[@]}" "${EXTRA[@]}" \
+  sbatch --parsable --array="$TODO" --nodes="$NPR" --ntasks="$TPR" "${GPU_ARGS[@]}" "${EXTRA[@]}" \
     --job-name="dml-$(basename "$1" .yaml)" --output="$OUT/logs/%A_%a.out" \
     --export=ALL,GRID_MANIFEST="$MANIFEST",PYTHON="$PY" "$SELF" \
     | { read -r JOB; echo "submitted array job $JOB --array=$TODO ($MANIFEST)"; }
@@ -124,6 +127,7 @@ if [[ -z "${SLURM_JOB_ID:-}" ]]; then
 fi
 # packed: srun steps of TPR tasks, as many at once as the allocation's tasks allow
 TPR=${GRID_TASKS_PER_RUN:-1}
+NPR=${GRID_NODES_PER_RUN:-1}
 SLOTS=$(( ${SLURM_NTASKS:-1} / TPR ))
 (( SLOTS >= 1 )) || { echo "allocation has ${SLURM_NTASKS:-1} tasks, a run needs $TPR" >&2; exit 2; }
 requeue_on_usr2 "$SLURM_JOB_ID"   # the requeued job writes a new manifest and resumes what is left
@@ -136,7 +140,7 @@ for idx in "${INDICES[@]}"; do
     wait -n || FAILED=$((FAILED + 1))
     running=$((running - 1))
   fi
-  srun --exact -n "$TPR" --kill-on-bad-exit=1 --output="$OUT/logs/${SLURM_JOB_ID}-run${idx}.out" \
+  srun --exact -N "$NPR" -n "$TPR" --kill-on-bad-exit=1 --output="$OUT/logs/${SLURM_JOB_ID}-run${idx}.out" \
     "$PY" -u -m runner.grid --manifest "$MANIFEST" --run-index "$idx" &
   running=$((running + 1))
 done

@@ -40,8 +40,10 @@ HEAD_IP=$(srun --nodes=1 --ntasks=1 -w "$HEAD" hostname -i | awk '{print $1}')
 PORT=$((20000 + SLURM_JOB_ID % 20000))
 CPUS=${SLURM_CPUS_PER_TASK:-$(nproc)}
 GPUS=${SLURM_GPUS_ON_NODE:-0}
-RAY_TMP=/tmp/ray-$SLURM_JOB_ID   # per job: sessions of two jobs on one node stay apart
-START=(--num-cpus="$CPUS" --num-gpus="$GPUS" --include-dashboard=false --temp-dir="$RAY_TMP"
+# Ray's temp dir per job and node: sessions of two jobs on one node stay apart, and so do the
+# nodes of one job where /tmp is shared (every node of a job uses the head's session name)
+RAY_TMP=/tmp/ray-$SLURM_JOB_ID
+START=(--num-cpus="$CPUS" --num-gpus="$GPUS"
        --node-manager-port=$((PORT + 1)) --object-manager-port=$((PORT + 2))
        --min-worker-port=$((PORT + 100)) --max-worker-port=$((PORT + 999)) --block)
 
@@ -68,12 +70,12 @@ trap cleanup EXIT
 echo "ray head on $HEAD ($HEAD_IP:$PORT), ${#NODES[@]} node(s), $CPUS CPUs and $GPUS GPUs per node"
 srun --overlap --nodes=1 --ntasks=1 -w "$HEAD" \
   "$PY" -m ray.scripts.scripts start --head --node-ip-address="$HEAD_IP" --port="$PORT" \
-  --ray-client-server-port=$((PORT + 3)) "${START[@]}" &
+  --ray-client-server-port=$((PORT + 3)) --include-dashboard=false --temp-dir="$RAY_TMP-$HEAD" "${START[@]}" &
 PIDS+=($!)
 for node in "${NODES[@]:1}"; do
   sleep 5
   srun --overlap --nodes=1 --ntasks=1 -w "$node" \
-    "$PY" -m ray.scripts.scripts start --address="$HEAD_IP:$PORT" "${START[@]}" &
+    "$PY" -m ray.scripts.scripts start --address="$HEAD_IP:$PORT" --temp-dir="$RAY_TMP-$node" "${START[@]}" &
   PIDS+=($!)
 done
 

@@ -161,7 +161,7 @@ def test_slurm_tune_script(tmp_path, subprocess_env):
     assert (out / "tune" / "t" / "results.csv").exists(), log[-3000:]
     assert len(read_rows(out)) == 2 and "ray cluster up: 1 node" in log and "ray stopped" in log
     time.sleep(2)  # only this job's Ray is gone (the script never runs `ray stop`)
-    left = subprocess.run(["pgrep", "-f", f"/tmp/ray-{job}/"], capture_output=True, text=True).stdout
+    left = subprocess.run(["pgrep", "-f", f"/tmp/ray-{job}-"], capture_output=True, text=True).stdout
     assert not left.strip(), left
     state = subprocess.run(["sacct", "-n", "-X", "-j", job, "-o", "State", "--parsable2"],
                            capture_output=True, text=True).stdout.split()
