@@ -1,6 +1,6 @@
 """Exact retrieval and classification metrics of embeddings: kNN, NCM, P@1, R-precision, MAP@R.
 
-Brute force in float32 over blocks of queries, so memory stays bounded whatever the data size.
+Brute force over blocks of queries (float64 below MIN_REFS_TO_FILTER references, float32 above),
 Definitions follow scikit-learn (kNN, NCM) and pytorch-metric-learning's AccuracyCalculator
 (P@1, R-precision, MAP@R with k="max_bin_count"); tests/test_evaluate.py checks both.
 """
@@ -29,27 +29,23 @@ class _Refs:
     """Centred references as the right factor of one GEMM that yields distances."""
 
     mean: torch.Tensor  # [dim] float64; centring shrinks norms, hence the cancellation in |a|²-2ab+|b|²
-    aug: torch.Tensor  # [dim + 1, n padded to 8k]: rows -2 * ref.T, then |ref|²; inf on padding
+    aug: torch.Tensor  # [dim + 1, n]: rows -2 * ref.T, then |ref|²
     sample: torch.Tensor  # [dim + 1, n / SAMPLE_STRIDE], every SAMPLE_STRIDE-th column of aug
     n: int  # real references
 
     @classmethod
-    def build(cls, ref: torch.Tensor) -> "_Refs":
+    def build(cls, ref: torch.Tensor, dtype: torch.dtype = torch.float32) -> "_Refs":
         """Centre the references on their mean and stack -2 * ref.T over the squared norms."""
         mean = ref.mean(0, dtype=torch.float64)
-        centred = (ref - mean).float()
+        centred = (ref - mean).to(dtype)
         # [q, 1] @ aug = |r|² - 2 q.r, the distance minus |q|² (constant per row, so ranks are
         # exact): one plain GEMM, while addmm's broadcast of |r|² costs as much as the product
         aug = torch.cat([-2 * centred.t(), centred.square().sum(1)[None]])
-        sample = aug[:, : len(ref) : SAMPLE_STRIDE].contiguous()
-        pad = -len(ref) % 8  # whole 8-column groups let _scan read a tile's mask as int64 words
-        aug = torch.cat([aug, aug.new_zeros(len(aug), pad)], 1)
-        aug[-1, len(ref) :] = math.inf  # padding is never near anything
-        return cls(mean, aug, sample, len(ref))
+        return cls(mean, aug, aug[:, :: SAMPLE_STRIDE].contiguous(), len(ref))
 
     def lift(self, query: torch.Tensor) -> torch.Tensor:
         """Queries centred like the references, with the trailing 1 that picks up |ref|²."""
-        return torch.nn.functional.pad((query - self.mean).float(), (0, 1), value=1.0)
+        return torch.nn.functional.pad((query - self.mean).to(self.aug.dtype), (0, 1), value=1.0)
 
 
 def _topk_direct(q: torch.Tensor, refs: _Refs, k: int, self_cols: Optional[torch.Tensor]) -> torch.Tensor:
@@ -60,61 +56,72 @@ def _topk_direct(q: torch.Tensor, refs: _Refs, k: int, self_cols: Optional[torch
     return d.topk(k, dim=1, largest=False).indices
 
 
-def _scan(q: torch.Tensor, refs: _Refs, tau: torch.Tensor, tile: int):
-    """Row, ref and distance of each pair under its row's tau; each hit's slot in its row; hits per row."""
-    words, vals, widths = [], [], []
-    for start in range(0, refs.aug.shape[1], tile):
-        d = q @ refs.aug[:, start : start + tile]
-        # nonzero is the slow part on CPU: run it on 8-flag int64 words (~1 in 10 has a hit),
-        # keep those words' 8 distances, and find the exact hits once per block below
-        hit_words = (d <= tau[:, None]).view(-1).view(torch.int64).nonzero().squeeze(1)
-        words.append(hit_words), vals.append(d.view(-1, 8).index_select(0, hit_words)), widths.append(d.shape[1])
-    b, n_tiles, device = len(q), len(words), q.device
-    sizes = torch.tensor([len(w) for w in words], device=device)
-    tile_id = torch.repeat_interleave(torch.arange(n_tiles, device=device), sizes)
-    first = torch.cat(words) * 8  # position of each word in its tile; widths are multiples of 8
-    width = torch.tensor(widths, device=device).index_select(0, tile_id)
-    rows = first // width
-    word_col = first % width + tile_id * tile
-    vals = torch.cat(vals)
-    hit = (vals <= tau.index_select(0, rows)[:, None]).view(-1).nonzero().squeeze(1)
-    word = hit // 8  # 1-D gathers below: index_select is much faster than advanced indexing
-    rows, tile_id, vals = rows.index_select(0, word), tile_id.index_select(0, word), vals.view(-1).index_select(0, hit)
-    cols = word_col.index_select(0, word) + hit % 8
-    # slot = hits of the same row in earlier tiles + rank among this tile's hits of that row
-    group = tile_id * b + rows
-    count = torch.bincount(group, minlength=n_tiles * b)
-    per_tile = count.view(n_tiles, b)
-    before = ((per_tile.cumsum(0) - per_tile).view(-1) - (count.cumsum(0) - count)).index_select(0, group)
-    slots = before + torch.arange(len(group), device=device)
-    return rows, cols, vals, slots, per_tile.sum(0)
+def _collect_kernel():
+    """A numba kernel: append each column under its row's tau (but the row's own) as a sort key.
+
+    One pass over a GEMM tile, no temporaries: on CPU this replaces a compare, a nonzero and
+    gathers that together cost three times the GEMM. A key is the distance's bits made
+    order-preserving as an unsigned int, over the column: sorting keys orders by distance,
+    ties by column, and numpy's vectorised integer sort is 3x faster than torch.topk here.
+    Rows in parallel (numba's threads, as many as torch uses). Compiled on first use, cached.
+    """
+    global _COLLECT
+    if _COLLECT is None:
+        import numba
+
+        sign, low, shift = np.uint64(0x80000000), np.uint64(0xFFFFFFFF), np.uint64(32)
+
+        @numba.njit(cache=True, parallel=True, boundscheck=False)
+        def collect(d, bits, tau, col0, own, keys, fill):
+            cap = keys.shape[1]
+            for i in numba.prange(d.shape[0]):
+                f, t, skip = fill[i], tau[i], own[i] - col0
+                for j in range(d.shape[1]):
+                    if d[i, j] <= t and j != skip:
+                        if f < cap:
+                            u = np.uint64(bits[i, j])
+                            u = (u ^ low) if (u & sign) else (u | sign)  # negative floats reversed
+                            keys[i, f] = (u << shift) | np.uint64(col0 + j)
+                        f += 1
+                fill[i] = f
+
+        _COLLECT = collect
+    return _COLLECT
+
+
+_COLLECT = None
 
 
 def _topk_filtered(q: torch.Tensor, refs: _Refs, k: int, self_cols: Optional[torch.Tensor]) -> torch.Tensor:
-    """Same as _topk_direct, but topk only runs on the few references under a per-query threshold.
+    """Same as _topk_direct, but only the few references under a per-query threshold are sorted.
 
     torch.topk with a large k over 10^5 columns costs several times the GEMM on CPU; a threshold
     from a 1/SAMPLE_STRIDE sample keeps ~k + 3 sigma candidates per row, and rows that end up
     with fewer than k (rare) or far too many (e.g. collapsed embeddings) are redone directly.
+    The GEMM runs tile by tile into one buffer, which the kernel scans.
     """
+    import numba
     k_need = k + (self_cols is not None)
     expected = k_need * refs.sample.shape[1] / refs.n
     k_sample = min(refs.sample.shape[1], math.ceil(expected + 3 * math.sqrt(expected) + 2))
     tau = (q @ refs.sample).topk(k_sample, dim=1, largest=False, sorted=False).values.amax(1)
-    tile = max(256, TILE_BYTES // (4 * len(q))) // 8 * 8
-    rows, cols, vals, slots, fill = _scan(q, refs, tau, tile)
     limit = 2 * k_sample * SAMPLE_STRIDE + k_need  # bounds memory when many distances tie
-    if self_cols is not None:
-        vals = vals.masked_fill(cols == self_cols.index_select(0, rows), math.inf)
-    keep = (fill.index_select(0, rows) <= limit).nonzero().squeeze(1)
+    b, n = len(q), refs.aug.shape[1]
+    keys, fill = np.full((b, limit), np.iinfo(np.uint64).max, np.uint64), np.zeros(b, np.int64)
+    own = self_cols.numpy() if self_cols is not None else np.full(b, -1, np.int64)
+    collect, tau_np = _collect_kernel(), tau.numpy()
+    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    tile = max(256, TILE_BYTES // (4 * b))
+    buf = torch.empty(b, tile)
+    for start in range(0, n, tile):
+        width = min(tile, n - start)  # a narrower last tile: a copy keeps the kernel's one (C) layout
+        d = torch.mm(q, refs.aug[:, start : start + tile], out=buf[:, :width])
+        d = (d if width == tile else d.contiguous()).numpy()
+        collect(d, d.view(np.uint32), tau_np, start, own, keys, fill)
     width = max(k, min(int(fill.max()), limit))
-    flat = (rows * width + slots).index_select(0, keep)
-    dist = torch.full((len(q), width), math.inf, device=q.device)
-    index = torch.zeros((len(q), width), dtype=torch.long, device=q.device)
-    dist.view(-1)[flat], index.view(-1)[flat] = vals.index_select(0, keep), cols.index_select(0, keep)
-    top = dist.topk(k, dim=1, largest=False)
-    out = index.gather(1, top.indices)
-    redo = ((top.values[:, -1] == math.inf) | (fill > limit)).nonzero().squeeze(1)
+    top = np.sort(keys[:, :width], axis=1)[:, :k]
+    out = torch.from_numpy((top & np.uint64(0xFFFFFFFF)).astype(np.int64))
+    redo = torch.from_numpy(np.flatnonzero((fill < k) | (fill > limit)))
     step = _block_size(refs.n, k, filtered=False)  # full rows: keep to the direct path's budget
     for s in range(0, len(redo), step):
         rows = redo[s : s + step]
@@ -122,19 +129,18 @@ def _topk_filtered(q: torch.Tensor, refs: _Refs, k: int, self_cols: Optional[tor
     return out
 
 
-def _use_filter(refs: _Refs, k: int) -> bool:
+def _use_filter(ref_emb: torch.Tensor, k: int) -> bool:
     """Whether the threshold filter pays off: on CPU, when k is a small fraction of the references."""
     # on GPU topk is fast and nonzero syncs, so full rows win there
-    return refs.aug.device.type == "cpu" and refs.n >= MIN_REFS_TO_FILTER and (k + 1) * 4 <= refs.n
+    return ref_emb.device.type == "cpu" and len(ref_emb) >= MIN_REFS_TO_FILTER and (k + 1) * 4 <= len(ref_emb)
 
 
 def _block_size(n_ref: int, k: int, filtered: bool) -> int:
     """Queries per block such that one block's buffers stay near BLOCK_BYTES."""
-    # per query: a full distance row, or (filtered) one tile row and ~k candidates; then about
-    # 40 B per neighbour for the metrics (labels, masks, cumsum, float64 precisions) and, when
-    # filtered, ~60 B per candidate (row, column, slot, distance, padded copies) and the 8-wide
-    # distance words of _scan (32 B per word with a hit, at most ~1.4 k of them)
-    row_bytes = (16 * 2**10 + 100 * k + min(4 * n_ref, 45 * k)) if filtered else (4 * n_ref + 40 * k)
+    # per query: a full distance row, or (filtered) one tile row and the candidate buffers (12 B
+    # per slot, ~3 k slots) and topk's copies; then about 40 B per neighbour for the metrics
+    # (labels, masks, cumsum, float64 precisions)
+    row_bytes = (16 * 2**10 + 100 * k) if filtered else (4 * n_ref + 40 * k)
     size = max(1, BLOCK_BYTES // row_bytes)
     return min(size, 2048) if filtered else size  # bigger blocks only shrink the tiles
 
@@ -219,18 +225,21 @@ def compute_metrics(
 
 def _compute(query_emb, query_labels, ref_emb, ref_labels, exclude, ks, block_size) -> dict[str, float]:
     """Body of compute_metrics, on tensors already checked and moved to one device."""
+    device = query_emb.device
     _, inverse = torch.unique(torch.cat([query_labels, ref_labels]), return_inverse=True)
     q_labels, r_labels = inverse[: len(query_labels)], inverse[len(query_labels) :]
     r = torch.bincount(r_labels, minlength=int(inverse.max()) + 1)[q_labels] - int(exclude)
     k = max(max(ks), int(r.max()) if len(r) else 0)
-    refs = _Refs.build(ref_emb)
-    filtered = _use_filter(refs, k)
+    filtered = _use_filter(ref_emb, k)
+    # float64 where it costs nothing (small reference sets): float32 rounding (~1e-7 of the
+    # norms) can swap near-tied neighbours, and kNN then differs from an exact float64 search
+    refs = _Refs.build(ref_emb, torch.float64 if len(ref_emb) < MIN_REFS_TO_FILTER else torch.float32)
     block_size = block_size or _block_size(refs.n, k, filtered)
     query = refs.lift(query_emb)
-    sums = torch.zeros(len(ks) + 3, dtype=torch.float64, device=query.device)
+    sums = torch.zeros(len(ks) + 3, dtype=torch.float64, device=device)
     for s in range(0, len(query), block_size):
         e = min(s + block_size, len(query))
-        self_cols = torch.arange(s, e, device=query.device) if exclude else None
+        self_cols = torch.arange(s, e, device=device) if exclude else None
         topk = _topk_filtered if filtered else _topk_direct
         nn_labels = r_labels[topk(query[s:e], refs, k, self_cols)]
         knn_hits = [(knn_predict(nn_labels, kk) == q_labels[s:e]).sum() for kk in ks]

@@ -121,7 +121,7 @@ def test_nearest_class_mean_matches_sklearn():
 @pytest.mark.parametrize("case", ["random", "collapsed", "biased_sample"])
 def test_filtered_search_equals_full_rows(case):
     """Same neighbour distances as a full topk, including rows the filter must redo."""
-    x = torch.from_numpy(clustered(2999, 20, seed=6)[0])  # not a multiple of 8: padded
+    x = torch.from_numpy(clustered(2999, 20, seed=6)[0])
     if case == "collapsed":  # a third of the embeddings on one point: too many ties under the threshold
         x[::3] = x[0]
     if case == "biased_sample":  # the few sampled refs near x[0] set a threshold too few refs are under
@@ -140,3 +140,14 @@ def test_filtered_search_equals_full_rows(case):
 def test_cuda_matches_cpu(data):
     x, y = data
     assert compute_metrics(x, y, device="cuda") == pytest.approx(compute_metrics(x, y), abs=1e-6)
+
+
+def test_small_reference_sets_rank_near_ties_exactly():
+    """Neighbours 1e-3 apart at distance ~30: float32's |r|² - 2 q.r swaps them, float64 does not."""
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        centres = rng.normal(scale=30, size=(40, 2))
+        x = (centres[rng.integers(0, 40, 359)] + rng.normal(scale=3e-3, size=(359, 2))).astype(np.float32)
+        y = rng.integers(0, 5, 359)
+        expected = np.mean(KNeighborsClassifier(1).fit(x.astype(np.float64), y).predict(None) == y)
+        assert compute_metrics(x, y, ks=(1,))["knn1"] == expected
