@@ -250,6 +250,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not args.write_manifest:
             print(f"{len(runs)} runs; use --list, --pending, --run or --run-index", file=sys.stderr)
         return 0
+    if args.run and not indices:
+        print(f"nothing to do: all {len(runs)} runs are done in {out}")
+        return 0
     return run_indices(runs, indices, out, retry)
 
 

@@ -93,3 +93,18 @@ def test_cpu_parts_stay_contiguous():
 def test_cuda_fast_path_runs_with_amp():
     out = _one_epoch(tiny_layer(amp=True, device="cuda"))
     assert out["amp"] is True and all(v == v for v in out["steps"]["loss"])
+
+
+def test_launch_relaunch_of_finished_grid_queues_nothing(capsys):
+    """The benchmark itself raises when a launcher queues work for a finished grid."""
+    assert load_bench("launch").main(["--part", "relaunch", "--runs", "5"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.endswith("x")]
+    assert len(rows) >= 4 and rows[0].startswith("reference")
+    assert all(float(line.split()[-1][:-1]) > 0 for line in rows)
+
+
+def test_launch_overhead_local_launchers(capsys):
+    assert load_bench("launch").main(["--part", "overhead", "--no-slurm"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.endswith("x")]
+    assert [r.split()[0] for r in rows] == ["python", "runner.submit"]
+    assert float(rows[0].split()[-1][:-1]) == 1.0  # the reference row
