@@ -46,13 +46,18 @@ class GridTask(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(GridTask(), configs, out, retry_failed)
 
 
+def tasks_per_run(args: argparse.Namespace) -> int:
+    """DDP ranks of one run: --tasks-per-run, else one per GPU, else 1."""
+    return args.tasks_per_run or max(1, args.gpus_per_run)
+
+
 def make_executor(args: argparse.Namespace) -> submitit.Executor:
     """A submitit executor for --executor with the SLURM/local options applied."""
     cluster = {"auto": None, "slurm": "slurm", "local": "local", "debug": "debug"}[args.executor]
     folder = Path(args.out).resolve() / "submitit" / "%j"
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster,
                                      slurm_max_num_timeout=args.max_requeue)
-    tasks = args.tasks_per_run or max(1, args.gpus_per_run)
+    tasks = tasks_per_run(args)
     params = dict(name=args.name, timeout_min=args.timeout_min, nodes=args.nodes_per_run,
                   tasks_per_node=tasks // args.nodes_per_run,
                   cpus_per_task=args.cpus_per_task, slurm_array_parallelism=args.max_parallel,
@@ -105,7 +110,7 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--retry-failed", action="store_true", help="also rerun runs recorded as failed")
     p.add_argument("--wait", action="store_true", help="wait for the jobs and print each run's status")
     args = p.parse_args(argv)
-    tasks = args.tasks_per_run or max(1, args.gpus_per_run)
+    tasks = tasks_per_run(args)
     if args.nodes_per_run < 1 or tasks % args.nodes_per_run or (args.gpus_per_run % args.nodes_per_run):
         p.error(f"--nodes-per-run: got {args.nodes_per_run}, expected a positive divisor of the run's "
                 f"{tasks} task(s) and {args.gpus_per_run} GPU(s)")
