@@ -22,7 +22,7 @@ import pytest
 from runner import grid, store
 from runner.config import ConfigError, resolve, run_id
 from runner.train import run_one
-from tests.conftest import PYTHON, ROOT, tiny_layer
+from tests.conftest import PYTHON, ROOT, start_train_until_checkpoint, tiny_layer
 
 
 def small_layer(**train) -> dict:
@@ -193,13 +193,7 @@ def test_preemption_signal_to_cli_then_resume(tmp_path, subprocess_env, sig):
     sets = ["model.width=8", "embedding.dim=8", "train.epochs=2", "train.batch_size=32",
             "train.num_threads=1", "train.save_every=1"]
     cfg = resolve(tiny_layer(epochs=2))
-    args = [PYTHON, "-m", "runner.train", "--out", str(tmp_path / "a")] + [x for s in sets for x in ("--set", s)]
-    proc = subprocess.Popen(args, cwd=ROOT, env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ckpt = store.run_dir(tmp_path / "a", run_id(cfg)) / "checkpoint.pt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    assert ckpt.exists(), proc.stderr.read().decode() if proc.poll() is not None else "no checkpoint"
+    proc, _ = start_train_until_checkpoint(tmp_path / "a", cfg, sets, subprocess_env)
     proc.send_signal(sig)
     assert proc.wait(timeout=60) == -sig  # it died mid-run (default action), it did not finish
     assert store.run_status(store.run_path(tmp_path / "a", run_id(cfg))) is None

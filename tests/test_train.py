@@ -1,9 +1,7 @@
 """End to end on digits: train -> evaluate -> run.h5 -> TensorBoard, resume, failure records."""
 
-import os
 import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -12,7 +10,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from runner import store
 from runner.config import resolve, run_id
 from runner.train import run_one
-from tests.conftest import PYTHON, ROOT, tiny_layer
+from tests.conftest import ROOT, start_train_until_checkpoint, tiny_layer
 
 
 @pytest.fixture(scope="module")
@@ -105,15 +103,9 @@ def test_resume_after_interruption_equals_uninterrupted(tmp_path, finished):
 def test_sigkill_mid_run_then_resume(tmp_path, subprocess_env):
     """A run killed by SIGKILL after its first checkpoint resumes to the same result."""
     sets = ["model.width=8", "embedding.dim=8", "train.epochs=4", "train.batch_size=32", "train.num_threads=1"]
-    args = [PYTHON, "-m", "runner.train", "--out", str(tmp_path / "a")] + [x for s in sets for x in ("--set", s)]
     cfg = resolve({"model": {"width": 8}, "embedding": {"dim": 8},
                    "train": {"epochs": 4, "batch_size": 32, "num_threads": 1}})
-    proc = subprocess.Popen(args, cwd=ROOT, env=subprocess_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    ckpt = store.run_dir(tmp_path / "a", run_id(cfg)) / "checkpoint.pt"
-    deadline = time.time() + 120
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert ckpt.exists(), proc.stderr.read().decode() if proc.poll() is not None else "no checkpoint"
+    proc, args = start_train_until_checkpoint(tmp_path / "a", cfg, sets, subprocess_env)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert store.run_status(store.run_path(tmp_path / "a", run_id(cfg))) is None
