@@ -256,7 +256,7 @@ def _load_source_cached(data_json: str):
         if cfg.name != "signs":
             raise
         # the synthetic signs are always constructible, registered loader or not
-        from runner.signs import generate_signs
+        from runner.data.synthetic_signs import generate_signs
         ds = drop_rare_classes(generate_signs(cfg.image_size), cfg.min_images_per_class)
         if cfg.image_size is not None and ds.images.shape[-1] != cfg.image_size:
             ds.images = resize_uint8(ds.images, cfg.image_size)

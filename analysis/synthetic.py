@@ -127,7 +127,7 @@ def _blend(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
 
 
 def grid_configs(spec: str | Path = "jobs/exercise.yaml", sets: tuple = ()) -> list[RunConfig]:
-    from runner.grid import expand_grid, load_spec
+    from runner.spec import expand_grid, load_spec
     return expand_grid(load_spec(spec, list(sets)))
 
 

@@ -45,7 +45,7 @@ def make_data(n: int, dim: int, n_classes: int, seed: int) -> tuple[np.ndarray, 
 
 def run_ours(x: np.ndarray, y: np.ndarray, n_queries: int) -> dict[str, float]:
     """compute_metrics with the queries as references (always all of them)."""
-    from runner.evaluate import compute_metrics
+    from runner.training.evaluate import compute_metrics
 
     return compute_metrics(x, y, ks=(1, 5))
 

@@ -114,7 +114,7 @@ def _env() -> dict:
 def fit_time(out: Path, spec: Path) -> float:
     from runner import store
     from runner.config import run_id
-    from runner.grid import expand_grid, load_spec
+    from runner.spec import expand_grid, load_spec
     return float(store.read_attrs(store.run_path(out, run_id(expand_grid(load_spec(spec))[0])))["wall_time_s"])
 
 

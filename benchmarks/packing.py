@@ -30,21 +30,22 @@ def worker(seed: int, epochs: int, threads: int, device: str, width: int, batch_
     """Build one digits run, wait for the others, train `epochs` epochs; put (start, end, samples)."""
     import torch
     torch.set_num_threads(threads)
-    from runner import dist, engine
-    from runner.augment import policy_for
-    from runner.config import resolve
+    from runner import dist
+    from runner.launch.run import build_run_parts
+    from runner.training import engine
+    from runner.data.augment import policy_for
+    from runner.spec import resolve
     from runner.data import load_dataset, split_dataset
     cfg = resolve({"seed": seed, "model": {"width": width},
                    "train": {"epochs": epochs, "device": device, "batch_size": batch_size}})
     splits = split_dataset(load_dataset(cfg.data), cfg.data)
     dev = torch.device(device)
-    parts = engine.build_parts(cfg, splits, policy_for(cfg.data, "digits"), dist.DistEnv(), dev)
-    parts.images, parts.labels = splits.train.images.to(dev), splits.train.labels.to(dev)
+    parts = build_run_parts(cfg, splits, policy_for(cfg.data, "digits"), dist.DistEnv(), dev)
     state = engine.TrainState()
     barrier.wait()
     start = time.time()
     for epoch in range(1, epochs + 1):
-        engine.train_one_epoch(parts, cfg, splits, epoch, state)
+        engine.train_one_epoch(parts, engine.DeviceData.of(splits, parts.device), epoch, state, cfg.seed, cfg.train.grad_clip)
     if dev.type == "cuda":
         torch.cuda.synchronize()
     queue.put((start, time.time(), len(state.steps["step"]) * batch_size))

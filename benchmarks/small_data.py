@@ -44,9 +44,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from runner import dist, engine  # noqa: E402
-from runner.config import RunConfig, resolve  # noqa: E402
-from runner.evaluate import compute_metrics  # noqa: E402
+from runner import dist
+from runner.training.parts import make_sampler
+from runner.launch.run import build_run_parts
+from runner.training import engine  # noqa: E402
+from runner.config import RunConfig
+from runner.spec import resolve  # noqa: E402
+from runner.training.evaluate import compute_metrics  # noqa: E402
 from runner.spec import load_yaml, split_spec  # noqa: E402
 
 # data set -> (spec of its family, data overrides)
@@ -121,22 +125,20 @@ def score(train_emb, y_tr, test_emb, y_te) -> dict:
 def run_recipe(cfg: RunConfig, args, floor: bool = True) -> dict:
     """Train cfg with the runner's engine (no files), score the final embeddings."""
     import dataclasses
-    from runner.train import prepare_data
+    from runner.launch.run import prepare_data
     torch.set_num_threads(cfg.train.num_threads or torch.get_num_threads())
     env = dist.from_environ({})
-    splits, policy = prepare_data(cfg)
-    steps_per_epoch = len(engine.make_sampler(cfg.train, splits.train.labels, cfg.seed, env))
+    splits, policy = prepare_data(cfg.data)
+    steps_per_epoch = len(make_sampler(cfg.train, splits.train.labels, cfg.seed, env))
     epochs = scaled_epochs(cfg, steps_per_epoch, args, floor)
     # resolved before anything is built: the schedule spans exactly these epochs
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, epochs=epochs))
-    parts = engine.build_parts(cfg, splits, policy, env, torch.device("cpu"))
-    parts.images, parts.labels = splits.train.images, splits.train.labels
-    parts.test_images = splits.test.images
+    parts = build_run_parts(cfg, splits, policy, env, torch.device("cpu"))
     state, t0 = engine.TrainState(), time.perf_counter()
     for epoch in range(1, epochs + 1):
-        engine.train_one_epoch(parts, cfg, splits, epoch, state)
+        engine.train_one_epoch(parts, engine.DeviceData.of(splits, parts.device), epoch, state, cfg.seed, cfg.train.grad_clip)
     train_s = time.perf_counter() - t0
-    metrics, _, _ = engine.evaluate_epoch(parts, splits, env)
+    metrics, _, _ = engine.evaluate_epoch(parts, splits, engine.DeviceData.of(splits, parts.device), env)
     return {"knn1": metrics["knn1"], "map_at_r": metrics["map_at_r"], "steps": len(state.steps["step"]),
             "time_s": train_s}
 
@@ -192,20 +194,20 @@ def run_baseline(method: str, splits) -> dict:
 
 def cell_rows(dataset: str, n: int | None, seed: int, methods: list[str], done: set, args):
     """Rows of one (data set, n_per_class, seed) cell; methods already in `done` are skipped."""
-    from runner.train import prepare_data
+    from runner.launch.run import prepare_data
     n_key = "all" if n is None else str(n)
     todo = [m for m in methods if (dataset, n_key, m, str(seed)) not in done]
     if not todo:
         return
     cfg = recipe_config(dataset, n, seed, None, args)
-    splits, _ = prepare_data(cfg)
+    splits, _ = prepare_data(cfg.data)
     recipe_steps = None
     for method in todo:
         if method in BASELINES:
             result = run_baseline(method, splits)
         elif method == "bare":
             if recipe_steps is None:
-                per_epoch = len(engine.make_sampler(cfg.train, splits.train.labels, seed, dist.from_environ({})))
+                per_epoch = len(make_sampler(cfg.train, splits.train.labels, seed, dist.from_environ({})))
                 recipe_steps = scaled_epochs(cfg, per_epoch, args) * per_epoch
             result = run_bare(cfg, splits, recipe_steps)
         else:

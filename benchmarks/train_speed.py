@@ -39,11 +39,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bare_loop import bare_train  # noqa: E402
-from runner import dist, engine  # noqa: E402
-from runner.augment import policy_for  # noqa: E402
-from runner.config import RunConfig, resolve  # noqa: E402
+from runner import dist
+from runner.launch.run import build_run_parts
+from runner.training import engine  # noqa: E402
+from runner.data.augment import policy_for  # noqa: E402
+from runner.config import RunConfig
+from runner.spec import resolve  # noqa: E402
 from runner.data import load_dataset, split_dataset  # noqa: E402
-from runner.models import build_model, channel_stats  # noqa: E402
+from runner.training.models import build_model, channel_stats  # noqa: E402
 
 LOSSES = {
     "triplet": {"loss": {"name": "TripletMarginLoss", "margin": 0.2},
@@ -59,18 +62,17 @@ def make_config(loss: str, epochs: int, augment: str, batch_size: int, width: in
 
 def time_runner(cfg: RunConfig, splits, out: Path, channels_last: bool = False) -> tuple[float, int]:
     """Seconds and steps of cfg.train.epochs epochs of engine.train_one_epoch + step logging + checkpoint."""
-    from runner.checkpoint import save_checkpoint
-    from runner.tb import TBLogger
+    from runner.training.checkpoint import save_checkpoint
+    from runner.launch.tb_logger import TBLogger
     env = dist.DistEnv()
     policy = policy_for(cfg.data, splits.train.meta.get("family", "folder"))
-    parts = engine.build_parts(cfg, splits, policy, env, torch.device("cpu"))
+    parts = build_run_parts(cfg, splits, policy, env, torch.device("cpu"))
     if channels_last:  # a candidate, not the runner's CPU default: convs then round differently (~1e-6)
         parts.model.to(memory_format=torch.channels_last)
-    parts.images, parts.labels = splits.train.images, splits.train.labels
     state, logger, logged = engine.TrainState(), TBLogger(out / "tb"), 0
     t0 = time.perf_counter()
     for epoch in range(1, cfg.train.epochs + 1):
-        engine.train_one_epoch(parts, cfg, splits, epoch, state)
+        engine.train_one_epoch(parts, engine.DeviceData.of(splits, parts.device), epoch, state, cfg.seed, cfg.train.grad_clip)
         state.epoch = epoch
         logger.log_steps(state.steps, logged)
         logged = len(state.steps["step"])
@@ -140,7 +142,10 @@ def profile_parts() -> list[tuple[str, object]]:
     """(label, function): the calls whose cumulative time the profile breaks down."""
     import inspect
     from pytorch_metric_learning.miners import BaseMiner
-    from runner import augment, checkpoint, evaluate, losses, models, tb, train
+    from runner import losses
+    from runner.data import augment
+    from runner.launch import run, tb_logger as tb
+    from runner.training import checkpoint, evaluate, models
     return [
         ("train epochs (train_one_epoch)", engine.train_one_epoch),
         ("  augmentation", augment.augment_batch),
@@ -155,8 +160,8 @@ def profile_parts() -> list[tuple[str, object]]:
         ("  compute_metrics", evaluate.compute_metrics),
         ("step logging (TensorBoard)", tb.TBLogger.log_steps),
         ("checkpoint.pt writes", checkpoint.save_checkpoint),
-        ("finish: run.h5, model.pt, projector", train._finish),
-        ("data: load + split", train.prepare_data),
+        ("finish: run.h5, model.pt, projector", run.finish),
+        ("data: load + split", run.prepare_data),
     ]
 
 
@@ -164,7 +169,7 @@ def profile_run(epochs: int) -> int:
     """cProfile of run_one on the default digits run (epochs as given); prints a breakdown."""
     import cProfile
     import pstats
-    from runner.train import run_one
+    from runner.launch.run import run_one
     cfg = resolve({"train": {"epochs": epochs, "device": "cpu"}})
     with tempfile.TemporaryDirectory() as tmp:
         prof = cProfile.Profile()

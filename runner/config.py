@@ -1,13 +1,16 @@
 """Typed run configuration: one frozen dataclass per concern, and `run_id`.
 
-A `RunConfig` is complete and resolved: every default is filled in before it is
-hashed, so the same settings always give the same `run_id` and any change (the
-seed included) gives a new one.
+A `RunConfig` is complete and resolved (runner.spec.resolve fills in every default and
+PML class name). `run_id` hashes its `identity`: the settings that differ from the
+defaults, so the same settings always give the same id, any change that can alter
+results (the seed included) gives a new one, and a config field added later with a
+default leaves existing ids alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import typing
@@ -23,6 +26,28 @@ class ConfigError(ValueError):
             key = repr(key)
         self.key, self.value, self.expected = key, value, expected
         super().__init__(f"{key}: got {value!r}, expected {expected}")
+
+
+def suggest(name: Any, choices) -> str:
+    """' (did you mean X?)' for the closest of `choices` (case-insensitive), or ''."""
+    lowered = {str(c).lower(): c for c in choices}
+    close = difflib.get_close_matches(str(name).lower(), list(lowered), n=1)
+    return f" (did you mean {lowered[close[0]]}?)" if close else ""
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """{'loss': {'name': 'x', 'params': {...}}} -> {'loss.name': 'x', 'loss.params': {...}}.
+
+    A `params` mapping stays one value: its keys are a PML class's arguments, not config
+    fields, and two runs differ in params when the mappings differ.
+    """
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and key != "params":
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:
@@ -220,7 +245,8 @@ def _describe(tp: Any) -> str:
     return _TYPE_WORDS.get(tp, str(tp))
 
 
-def _build(cls: type, data: Any, prefix: str) -> Any:
+def build(cls: type, data: Any, prefix: str = "") -> Any:
+    """A config dataclass from a nested dict, type-checked field by field (one-line ConfigError)."""
     if not isinstance(data, dict):
         raise ConfigError(prefix.rstrip(".") or "config", data, "a mapping")
     hints = typing.get_type_hints(cls)
@@ -228,13 +254,10 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     kwargs = {}
     for key, value in data.items():
         if key not in names:
-            from difflib import get_close_matches
-            close = get_close_matches(str(key), names, n=1)
-            hint = f"one of {', '.join(names)}" + (f" (did you mean {close[0]}?)" if close else "")
-            raise ConfigError(f"{prefix}{key}", value, hint)
+            raise ConfigError(f"{prefix}{key}", value, f"one of {', '.join(names)}{suggest(key, names)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, f"{prefix}{key}.")
+            kwargs[key] = build(tp, value, f"{prefix}{key}.")
             continue
         if tp is float and _type_ok(value, int):
             value = float(value)
@@ -246,61 +269,38 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     return cls(**kwargs)
 
 
-def merge(base: dict, override: dict) -> dict:
-    """Deep-merge `override` into a copy of `base` (mappings merge, other values replace)."""
-    out = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "params":
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
-def merge_layer(base: dict, override: dict) -> dict:
-    """Merge one layer of settings (defaults <- spec <- --set) into `base`.
-
-    Naming another loss or miner starts that section afresh (margin null, no params):
-    the previous class's keyword arguments rarely fit the new one.
-    """
-    base = dict(base)
-    for section in ("loss", "miner"):
-        new = override.get(section)
-        if isinstance(new, dict) and "name" in new and new["name"] != base.get(section, {}).get("name"):
-            base[section] = {"name": new["name"], "margin": None, "params": {}}
-    return merge(base, override)
-
-
-def resolve(*layers: dict) -> RunConfig:
-    """Build a complete RunConfig from (partial) nested dicts laid over the defaults.
-
-    Derived values are filled in here, before hashing: a miner margin of null takes
-    the loss margin when the miner has a margin parameter.
-    """
-    data = RunConfig().to_dict()
-    for layer in layers:
-        if not isinstance(layer, dict):
-            raise ConfigError("config", layer, "a mapping")
-        data = merge_layer(data, layer)
-    cfg = _build(RunConfig, data, "")
-    from runner.losses import loss_class, miner_class, resolve_miner_margin  # PML only when resolving
-    miner_margin = resolve_miner_margin(cfg.miner, cfg.loss)
-    miner_cls = miner_class(cfg.miner.name)
-    # aliases (triplet, contrastive, none) resolve to class names: one run, one run_id
-    loss = dataclasses.replace(cfg.loss, name=loss_class(cfg.loss.name).__name__)
-    miner = dataclasses.replace(cfg.miner, name=miner_cls.__name__ if miner_cls else None, margin=miner_margin)
-    return dataclasses.replace(cfg, loss=loss, miner=miner)
-
-
 def from_dict(data: dict) -> RunConfig:
     """Rebuild an already resolved config (as stored in run.h5) without re-resolving."""
-    return _build(RunConfig, data, "")
+    return build(RunConfig, data)
+
+
+ID_SCHEME = 2
+"""Version of the run_id scheme, stored in run.h5 (1: hash of the whole config; 2: of `identity`)."""
+EXECUTION_ONLY = ("train.num_threads",)
+"""Settings that change how fast a run goes, never its results: left out of the run_id."""
+
+
+def identity(cfg: RunConfig) -> dict:
+    """What names a run: the settings that differ from the defaults, less EXECUTION_ONLY ones.
+
+    A new config field with a default leaves every existing run_id as it was, and so does
+    a change of thread count. A default that changes moves the ids of runs that rely on it
+    (tests/test_run_ids.py pins the ids of jobs/*.yaml, so such a change is seen).
+    """
+    default = flatten(RunConfig().to_dict())
+    return {k: v for k, v in flatten(cfg.to_dict()).items()
+            if k not in EXECUTION_ONLY and (k not in default or v != default[k])}
 
 
 def canonical_json(cfg: RunConfig) -> str:
-    return json.dumps(cfg.to_dict(), sort_keys=True, separators=(",", ":"))
+    return json.dumps(identity(cfg), sort_keys=True, separators=(",", ":"))
 
 
 def run_id(cfg: RunConfig) -> str:
-    """Short stable hash of the resolved config: same config, same id."""
+    """Short stable hash of the resolved config's identity: same settings, same id."""
     return hashlib.sha256(canonical_json(cfg).encode()).hexdigest()[:12]
+
+
+def legacy_run_id(config: dict) -> str:
+    """The scheme-1 id: a hash of the whole config dict (run.h5 files without `id_scheme`)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]

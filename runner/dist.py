@@ -11,6 +11,8 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import socket
+import sys
 import zlib
 from dataclasses import dataclass
 from typing import Optional
@@ -117,10 +119,8 @@ def teardown() -> None:
 
 def is_tty() -> bool:
     """Progress bars only for a person watching a terminal (not SLURM logs, not CI)."""
-    import sys
     return sys.stderr.isatty() and os.environ.get("CI", "") == ""
 
 
 def hostname() -> str:
-    import socket
     return socket.gethostname()

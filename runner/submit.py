@@ -1,10 +1,9 @@
 """`python -m runner.submit SPEC`: the grid's pending runs as a submitit job array (SLURM or local).
 
 On SLURM every run is one array task of `--tasks-per-run` tasks (one DDP rank each,
-= --gpus-per-run when on GPUs), at most --max-parallel at once. The submitted callable
-is a submitit Checkpointable: on timeout or preemption submitit requeues it and the
-run resumes from the checkpoint of its last completed epoch. --executor local runs the
-same runs as processes here (--max-parallel lanes, each running its runs in order).
+= --gpus-per-run when on GPUs), at most --max-parallel at once; timeouts and
+preemptions requeue and resume (runner.launch.submitit_jobs). --executor local runs
+the same runs as processes here (--max-parallel lanes, each running its runs in order).
 """
 
 from __future__ import annotations
@@ -15,82 +14,17 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import submitit
-
-from runner import dist
-from runner.config import ConfigError, from_dict, run_id
-from runner.grid import expand_grid, load_spec, pending
-
-
-class GridTask(submitit.helpers.Checkpointable):
-    """Train runs one after another (each: skip if completed, resume if checkpointed)."""
-
-    def __call__(self, configs: list[dict], out: str, retry_failed: bool) -> list[dict]:
-        from runner.train import RunLocked, format_result, run_one
-        env = dist.from_environ()
-        results = []
-        for data in configs:
-            cfg = from_dict(data)
-            try:
-                result = run_one(cfg, out, env, progress=False, retry_failed=retry_failed)
-            except RunLocked as exc:
-                result = {"run_id": run_id(cfg), "status": "locked", "error": str(exc), "path": ""}
-            if env.is_main:
-                print(format_result(result), dist.slurm_job(), flush=True)
-            results.append(result)
-        return results
-
-    def checkpoint(self, configs: list[dict], out: str, retry_failed: bool) -> submitit.helpers.DelayedSubmission:
-        # called by submitit's signal handler on rank 0: no collectives, no I/O here. run_one has
-        # written checkpoint.pt after every epoch; the requeued job loads it and skips finished runs.
-        return submitit.helpers.DelayedSubmission(GridTask(), configs, out, retry_failed)
-
-
-def tasks_per_run(args: argparse.Namespace) -> int:
-    """DDP ranks of one run: --tasks-per-run, else one per GPU, else 1."""
-    return args.tasks_per_run or max(1, args.gpus_per_run)
-
-
-def make_executor(args: argparse.Namespace) -> submitit.Executor:
-    """A submitit executor for --executor with the SLURM/local options applied."""
-    cluster = {"auto": None, "slurm": "slurm", "local": "local", "debug": "debug"}[args.executor]
-    folder = Path(args.out).resolve() / "submitit" / "%j"
-    executor = submitit.AutoExecutor(folder=folder, cluster=cluster,
-                                     slurm_max_num_timeout=args.max_requeue)
-    tasks = tasks_per_run(args)
-    params = dict(name=args.name, timeout_min=args.timeout_min, nodes=args.nodes_per_run,
-                  tasks_per_node=tasks // args.nodes_per_run,
-                  cpus_per_task=args.cpus_per_task, slurm_array_parallelism=args.max_parallel,
-                  slurm_signal_delay_s=args.signal_delay_s)
-    if args.gpus_per_run:
-        params["gpus_per_node"] = args.gpus_per_run // args.nodes_per_run
-    if args.mem_gb:
-        params["mem_gb"] = args.mem_gb
-    for key in ("partition", "account", "qos"):
-        if getattr(args, key):
-            params[f"slurm_{key}"] = getattr(args, key)
-    if args.setup:
-        params["slurm_setup"] = args.setup
-    executor.update_parameters(**params)
-    return executor
-
-
-def submit_runs(executor: submitit.Executor, configs: list[dict], out: str, retry_failed: bool,
-                lanes: int) -> list:
-    """One job per run (a SLURM array), or `lanes` jobs of several runs each on the local executor."""
-    out = str(Path(out).resolve())
-    if executor.cluster == "slurm":
-        groups = [[c] for c in configs]
-    else:  # the local executor starts every job at once: bound it by running lanes in sequence
-        groups = [configs[i::lanes] for i in range(min(lanes, len(configs)))]
-    with submitit.helpers.clean_env():  # from inside a SLURM job, don't leak its SLURM_* variables
-        return executor.map_array(GridTask(), groups, [out] * len(groups), [retry_failed] * len(groups))
+from runner.cli import add_set_option, command
+from runner.launch.many import pending
+from runner.launch.submitit_jobs import make_executor, submit_runs, tasks_per_run
+from runner.launch.validate import validate_run
+from runner.spec import expand_grid, load_spec
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m runner.submit", description=__doc__.splitlines()[0])
     p.add_argument("spec", help="jobs/*.yaml")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every run")
+    add_set_option(p, help="override for every run")
     p.add_argument("--out", default="results", help="results directory, on a file system the nodes share")
     p.add_argument("--executor", choices=("auto", "slurm", "local", "debug"), default="auto",
                    help="auto: SLURM when sbatch is found, else local; debug runs inline")
@@ -117,13 +51,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     return args
 
 
+@command
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    try:
-        runs = expand_grid(load_spec(args.spec, args.set))  # every run validated before anything is queued
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    runs = expand_grid(load_spec(args.spec, args.set), check=validate_run)  # all validated before anything is queued
     todo = pending(runs, args.out, args.retry_failed)
     if not todo:
         print(f"nothing to do: all {len(runs)} runs of {args.spec} are done in {args.out}")

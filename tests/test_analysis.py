@@ -24,7 +24,7 @@ VARIANTS = [
 
 
 def grid_configs(dims=(2, 8), seeds=(0, 1), data=None, epochs=4):
-    from runner.config import resolve
+    from runner.spec import resolve
     base = {"data": data or {"name": "digits"}, "train": {"epochs": epochs, "save_every": 2}}
     return [resolve(base, v, {"embedding": {"dim": d}}, {"seed": s}) for v in VARIANTS for d in dims for s in seeds]
 
@@ -104,9 +104,9 @@ def test_tables_equal_recomputation_with_sklearn(grid):
 def test_metrics_match_runner_evaluate_away_from_near_ties(grid):
     """runner.evaluate (float32, used in training) agrees with the exact recomputation for d = 8;
     at d = 2 on the unit circle near-equal distances may rank differently in float32."""
-    pytest.importorskip("runner.evaluate")
+    pytest.importorskip("runner.training.evaluate")
     from analysis.metrics import reference_metrics
-    from runner.evaluate import compute_metrics
+    from runner.training.evaluate import compute_metrics
     t = grid[1].table
     fin = load_final(t.loc[t["embedding.dim"] == 8, "path"].iloc[0])
     args = (fin["test"]["embeddings"], fin["test"]["labels"], fin["train"]["embeddings"], fin["train"]["labels"])
@@ -201,9 +201,9 @@ def test_retrieve_cli(grid, tmp_path, capsys):
 
 def test_real_training_run_loads_and_reports(tmp_path):
     """A real (tiny) run from runner.train: stored and recomputed metrics agree; one run makes a report."""
-    pytest.importorskip("runner.evaluate")
-    from runner.config import resolve
-    from runner.train import run_one
+    pytest.importorskip("runner.training.evaluate")
+    from runner.spec import resolve
+    from runner.launch.run import run_one
     from tests.conftest import tiny_layer
     result = run_one(resolve(tiny_layer(num_threads=1), {"train": {"epochs": 1}}), tmp_path, progress=False)
     assert result["status"] == "completed"

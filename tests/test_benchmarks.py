@@ -7,9 +7,11 @@ import subprocess
 import pytest
 import torch
 
-from runner import dist, engine
-from runner.augment import policy_for
-from runner.config import resolve
+from runner import dist
+from runner.launch.run import build_run_parts
+from runner.training import engine
+from runner.data.augment import policy_for
+from runner.spec import resolve
 from runner.data import load_dataset, split_dataset
 from tests.conftest import PYTHON, ROOT, tiny_layer
 
@@ -34,9 +36,9 @@ def test_train_speed_sides_train_the_same_network():
     bench = load_bench("train_speed")
     cfg = bench.make_config("triplet", 1, "none", 32, 8)
     splits = split_dataset(load_dataset(cfg.data), cfg.data)
-    parts = engine.build_parts(cfg, splits, policy_for(cfg.data, "digits"), dist.DistEnv(), torch.device("cpu"))
+    parts = build_run_parts(cfg, splits, policy_for(cfg.data, "digits"), dist.DistEnv(), torch.device("cpu"))
     torch.manual_seed(cfg.seed)
-    from runner.models import build_model, channel_stats
+    from runner.training.models import build_model, channel_stats
     bare = build_model(cfg.model, cfg.embedding, 1, 8, *channel_stats(splits.train.images))
     for (name, a), b in zip(parts.model.state_dict().items(), bare.state_dict().values()):
         assert torch.equal(a, b), name
@@ -63,10 +65,9 @@ def _one_epoch(layer: dict) -> dict:
     cfg = resolve(layer)
     splits = split_dataset(load_dataset(cfg.data), cfg.data)
     device = torch.device(cfg.train.device)
-    parts = engine.build_parts(cfg, splits, policy_for(cfg.data, "digits"), dist.DistEnv(), device)
-    parts.images, parts.labels = splits.train.images.to(device), splits.train.labels.to(device)
+    parts = build_run_parts(cfg, splits, policy_for(cfg.data, "digits"), dist.DistEnv(), device)
     state = engine.TrainState()
-    engine.train_one_epoch(parts, cfg, splits, 1, state)
+    engine.train_one_epoch(parts, engine.DeviceData.of(splits, parts.device), 1, state, cfg.seed, cfg.train.grad_clip)
     return {"amp": parts.amp, "steps": state.steps,
             "weights": {k: v.clone() for k, v in parts.model.state_dict().items()}}
 
@@ -84,7 +85,7 @@ def test_cpu_parts_stay_contiguous():
     """channels_last is applied on CUDA only: CPU weights keep the default layout (results unchanged)."""
     cfg = resolve(tiny_layer(device="cpu"))
     splits = split_dataset(load_dataset(cfg.data), cfg.data)
-    parts = engine.build_parts(cfg, splits, policy_for(cfg.data, "digits"), dist.DistEnv(), torch.device("cpu"))
+    parts = build_run_parts(cfg, splits, policy_for(cfg.data, "digits"), dist.DistEnv(), torch.device("cpu"))
     convs = [m for m in parts.model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(m.weight.is_contiguous() for m in convs)
 

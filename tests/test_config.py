@@ -4,7 +4,8 @@ import subprocess
 
 import pytest
 
-from runner.config import ConfigError, RunConfig, from_dict, resolve, run_id
+from runner.config import ConfigError, RunConfig, from_dict, run_id
+from runner.spec import resolve
 from runner.spec import load_config, parse_set
 from tests.conftest import PYTHON, ROOT
 

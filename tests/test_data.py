@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from runner.config import ConfigError, DataConfig
-from runner.data import PKSampler, RandomBatchSampler, load_dataset, split_dataset
+from runner.data import load_dataset, split_dataset
+from runner.data.samplers import PKSampler, RandomBatchSampler
 
 
 def test_digits_loads_as_uint8_images():

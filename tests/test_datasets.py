@@ -14,10 +14,12 @@ from PIL import Image
 
 from runner.config import ConfigError, DataConfig
 from runner.data import load_dataset, split_dataset
-from runner.datasets import LFW_PAIR_FILES, read_idx
-from runner.pack import main as pack_main
-from runner.pack import pack, read_pack
-from runner.signs import FAMILIES, IMAGES_PER_CLASS, generate_signs
+from runner.data.lfw import LFW_PAIR_FILES
+from runner.data.mnist import read_idx
+from runner.data.__main__ import main as pack_main
+from runner.data.__main__ import pack
+from runner.data.packed import read_pack
+from runner.data.synthetic_signs import FAMILIES, IMAGES_PER_CLASS, generate_signs
 
 REPO = Path(__file__).resolve().parents[1]
 MNIST_10K = REPO / "tests" / "data" / "mnist-10k"

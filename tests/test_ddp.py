@@ -7,7 +7,8 @@ import pytest
 import torch.multiprocessing as mp
 
 from runner import dist, store
-from runner.config import resolve, run_id
+from runner.config import run_id
+from runner.spec import resolve
 from tests.conftest import tiny_layer
 
 
@@ -50,14 +51,14 @@ def build_model_float64(*args, **kwargs):
     """float64 models: float32 rounding depends on the summation order (gathered vs one batch,
     DDP's gradient all-reduce), and semi-hard mining turns a 1e-7 difference into another
     triplet set some dozens of steps later. The engine keeps the model's dtype for the loss."""
-    from runner import models
+    from runner.training import models
     return models.build_model(*args, **kwargs).double()
 
 
 def _rank_main(rank: int, cfg, out: str, port: int) -> None:
-    from runner import engine
-    from runner.train import run_one
-    engine.build_model = build_model_float64  # a fresh spawned interpreter: patched for this rank only
+    from runner.launch.run import run_one
+    from runner.training import parts
+    parts.build_model = build_model_float64  # a fresh spawned interpreter: patched for this rank only
     env = dist.DistEnv(rank, rank, 2, "127.0.0.1", port, "test")
     result = run_one(cfg, out, env, progress=False)
     assert result["status"] == "completed", result
@@ -72,9 +73,9 @@ def test_two_gloo_ranks_equal_one_rank_with_twice_the_batch(tmp_path, monkeypatc
     layer = tiny_layer(epochs=2, batch_size=16, samples_per_class=4, save_every=1)
     one = resolve(layer, EXACT, {"train": {"batch_size": 32}, "miner": {"name": miner}})
     two = resolve(layer, EXACT, {"miner": {"name": miner}})
-    from runner import engine
-    from runner.train import run_one
-    monkeypatch.setattr(engine, "build_model", build_model_float64)
+    from runner.launch.run import run_one
+    from runner.training import parts
+    monkeypatch.setattr(parts, "build_model", build_model_float64)
     assert run_one(one, tmp_path / "one", progress=False)["status"] == "completed"
     mp.spawn(_rank_main, args=(two, str(tmp_path / "two"), free_port()), nprocs=2, join=True)
     a = store.read_run(store.run_path(tmp_path / "one", run_id(one)), epochs=True)

@@ -8,8 +8,8 @@ import torch
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
 
-from runner import evaluate
-from runner.evaluate import compute_metrics, knn_predict, nearest_class_mean
+from runner.training import evaluate
+from runner.training.evaluate import compute_metrics, knn_predict, nearest_class_mean
 
 PML_NAMES = {"p_at_1": "precision_at_1", "r_precision": "r_precision", "map_at_r": "mean_average_precision_at_r"}
 KS = (1, 4, 5)  # an even k makes vote ties common

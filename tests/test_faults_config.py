@@ -14,6 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from runner import grid
+from runner.launch.validate import validate_run
+from runner.spec import expand_grid, load_spec
 from runner.config import ConfigError
 from tests.conftest import PYTHON, ROOT
 
@@ -68,7 +70,7 @@ BAD_SEARCHES = [
 def _load(tmp_path, text):
     spec = tmp_path / "spec.yaml"
     spec.write_text(BASE + text + "\n")
-    return grid.expand_grid(grid.load_spec(spec))
+    return expand_grid(load_spec(spec), check=validate_run)
 
 
 @pytest.mark.parametrize("case,text,key,hint", BAD_SPECS, ids=[c[0] for c in BAD_SPECS])
@@ -83,7 +85,7 @@ def test_bad_spec_is_one_line_naming_the_key(tmp_path, case, text, key, hint):
 
 @pytest.mark.parametrize("case,text,key,hint", BAD_SEARCHES, ids=[c[0] for c in BAD_SEARCHES])
 def test_bad_search_space_is_one_line_naming_the_key(tmp_path, case, text, key, hint):
-    from runner.tune import parse_search
+    from runner.launch.tune.space import parse_search
     spec = tmp_path / "spec.yaml"
     spec.write_text(BASE + text + "\n")
     with pytest.raises(ConfigError) as exc:
@@ -137,7 +139,7 @@ specs = st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=6), values, max
 
 def _expand_or_config_error(path) -> None:
     try:
-        runs = grid.expand_grid(grid.load_spec(path))
+        runs = expand_grid(load_spec(path), check=validate_run)
         assert runs
     except ConfigError as exc:
         assert "\n" not in str(exc) and exc.key, str(exc)

@@ -10,7 +10,8 @@ import pytest
 
 from runner import grid, store
 from runner.config import run_id
-from runner.train import RunLocked, run_lock, run_one
+from runner.launch.run import run_one
+from runner.store import RunLocked, run_lock
 from tests.conftest import PYTHON, ROOT
 
 TINY = """\

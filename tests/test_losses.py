@@ -10,8 +10,9 @@ from pytorch_metric_learning import distances, losses, miners, regularizers
 from pytorch_metric_learning.utils import loss_and_miner_utils as lmu
 
 from runner import losses as rl
-from runner.config import ConfigError, LossConfig, MinerConfig, resolve
-from runner.dbl_loss import DBLLoss
+from runner.config import ConfigError, LossConfig, MinerConfig
+from runner.spec import resolve
+from runner.losses import DBLLoss
 
 N_CLASSES, K, DIM = 4, 4, 8
 

@@ -165,7 +165,7 @@ def test_node_killed_mid_run_is_requeued_and_resumes(tmp_path, slurm_env, revive
     other = ({"node1", "node2"} - {node}).pop()
     assert resumed["attrs"]["hosts"] == [other] and resumed["attrs"]["status"] == "completed"
 
-    from runner.train import run_one
+    from runner.launch.run import run_one
     run_one(runs[0], tmp_path / "reference", progress=False)  # the same run, never interrupted
     reference = read(tmp_path / "reference", runs[0], epochs=True)
     np.testing.assert_allclose(resumed["history"]["steps"]["loss"], reference["history"]["steps"]["loss"], atol=1e-6)

@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 
 from runner import grid, store
-from runner.config import ConfigError, resolve, run_id
-from runner.train import run_one
+from runner.config import ConfigError, run_id
+from runner.spec import resolve
+from runner.launch.run import run_one
 from tests.conftest import PYTHON, ROOT, start_train_until_checkpoint, tiny_layer
 
 
@@ -58,8 +59,10 @@ CHILD = textwrap.dedent(r'''
     import json, os, signal, sys
     import torch
     torch.set_num_threads(1)
-    from runner import checkpoint, engine, store, tb, train
-    from runner.config import resolve
+    from runner import store
+    from runner.launch import run as train, tb_logger as tb
+    from runner.training import engine
+    from runner.spec import resolve
     plan = json.load(open(sys.argv[1]))
     cfg = resolve(plan["layer"])
 
@@ -102,9 +105,9 @@ CHILD = textwrap.dedent(r'''
         elif where == "ckpt_mid":
             torn_save(n, sig)
         elif where == "ckpt_rename":
-            patch(checkpoint, "fsync_replace", where, n, sig)
+            patch(store, "fsync_replace", where, n, sig, match=lambda a: "checkpoint" in str(a[1]))
         elif where == "ckpt_done":
-            patch(checkpoint, "save_checkpoint", where, n, sig, before=False)
+            patch(train, "save_checkpoint", where, n, sig, before=False)
         elif where == "tb":
             patch(tb.TBLogger, "log_epoch", where, n, sig)
         elif where == "model_save":
@@ -301,7 +304,7 @@ def test_disk_full_while_writing_fails_the_run_with_its_reason(tmp_path, referen
 @pytest.mark.parametrize("bad,at_call", [(float("nan"), 3), (float("inf"), 5)])
 def test_non_finite_loss_stops_at_first_bad_step(tmp_path, monkeypatch, bad, at_call):
     import torch
-    from runner import engine
+    from runner.training import engine
     real, calls = engine.train_step, [0]
 
     def poisoned(*args, **kwargs):

@@ -140,8 +140,8 @@ def test_preempted_run_requeues_resumes_and_matches_uninterrupted(tmp_path, slur
     """submitit's preemption signal (SIGTERM, then USR2): GridTask.checkpoint requeues, the run resumes."""
     import submitit
 
-    from runner.submit import GridTask
-    from runner.train import run_one
+    from runner.launch.submitit_jobs import GridTask
+    from runner.launch.run import run_one
     spec, _ = make_spec(tmp_path, SPEC.replace("epochs: 1", "epochs: 10, save_every: 1"))
     cfg = grid.expand_grid(grid.load_spec(spec))[0]
     out = tmp_path / "res"

@@ -8,8 +8,9 @@ import pytest
 from sklearn.neighbors import KNeighborsClassifier
 
 from runner import store
-from runner.config import resolve, run_id
-from runner.train import run_one
+from runner.config import run_id
+from runner.spec import resolve
+from runner.launch.run import run_one
 from tests.conftest import ROOT, start_train_until_checkpoint, tiny_layer
 
 
@@ -133,7 +134,7 @@ def test_diverging_run_is_recorded_failed(tmp_path):
 
 def test_min_steps_raises_epochs_of_tiny_data(tmp_path):
     from runner.config import TrainConfig
-    from runner.engine import planned_epochs
+    from runner.training.parts import planned_epochs
     assert planned_epochs(TrainConfig(epochs=2, min_steps=25), 10) == 3
     assert planned_epochs(TrainConfig(epochs=5, min_steps=25), 10) == 5
     # 5 images per class × 10 classes = one step per epoch: min_steps sets the budget

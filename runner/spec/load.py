@@ -12,7 +12,9 @@ from typing import Optional
 
 import yaml
 
-from runner.config import ConfigError, RunConfig, resolve
+from runner.config import ConfigError, RunConfig
+from runner.spec.resolve import resolve
+
 
 EXPERIMENT_KEYS = ("name", "description", "variants", "grid", "include", "seeds", "search", "tune")
 

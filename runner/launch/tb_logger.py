@@ -13,22 +13,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from runner.config import flatten
+
 SPRITE_LIMIT_PX = 8192  # the projector rejects larger sprite sheets
 MAX_PROJECTOR_POINTS = 2000
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
-    """{'loss': {'name': 'x'}} -> {'loss.name': 'x'}; lists and None as strings (HParams types)."""
-    out = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            out.update(flatten(value, f"{name}."))
-        elif isinstance(value, (bool, int, float, str)):
-            out[name] = value
-        else:
-            out[name] = json.dumps(value) if isinstance(value, (dict, list)) else str(value)
-    return out
+def hparams(config: dict) -> dict:
+    """The flattened config with values HParams accepts: lists, mappings and None as strings."""
+    def value(v):
+        if isinstance(v, (bool, int, float, str)):
+            return v
+        return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else str(v)
+    return {k: value(v) for k, v in flatten(config).items()}
 
 
 class TBLogger:
@@ -54,7 +51,7 @@ class TBLogger:
 
     def log_hparams(self, config: dict, metrics: dict, run_name: str) -> None:
         """One HParams entry per run, so TensorBoard compares a whole grid in one table."""
-        hp = flatten(config)
+        hp = hparams(config)
         hp.pop("data.root", None)
         metric_dict = {f"hparam/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         self.writer.add_hparams(hp, metric_dict, run_name=run_name)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFilter
 
-from runner.data import ImageSet
+from runner.data.image_set import ImageSet
 
 SIGNS_SEED = 43_2011
 """Seed of the generator; never derived from a run's seed."""

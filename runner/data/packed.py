@@ -12,11 +12,8 @@ attrs `format`, `source` (JSON: name, root, image_size of the packed loader) and
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
-import time
 from pathlib import Path
 from typing import Optional
 
@@ -24,13 +21,11 @@ import h5py
 import numpy as np
 import torch
 
-from runner.config import ConfigError, DataConfig
-from runner.data import ImageSet, dataset_names, load_dataset
+from runner.config import ConfigError
+from runner.data.image_set import ImageSet
 
 FORMAT = "runner.pack/1"
 REQUIRED = ("images", "labels", "index", "class_names")
-NO_ROOT = ("signs", "digits")
-"""Generated or embedded data sets: SRC is ignored (write -)."""
 
 
 def write_pack(ds: ImageSet, path: Path, source: dict, compression: str = "none") -> Path:
@@ -84,37 +79,3 @@ def read_pack(root: Optional[str]) -> ImageSet:
         raise ConfigError("data.root", str(path), f"{expected}; images uint8 N×C×H×W with N labels and ids")
     meta.update(root=str(path), source_name=source.get("name"), source_root=source.get("root"))
     return ImageSet(images, labels, class_names, index, parents=parents, meta=meta)
-
-
-def pack(name: str, src: str, out: Path, image_size: Optional[int] = None,
-         min_images_per_class: int = 1, compression: str = "none") -> tuple[ImageSet, Path]:
-    """Load `src` with loader `name` (as training would) and write it to `out`."""
-    root = None if name in NO_ROOT else str(Path(src).expanduser().resolve())
-    cfg = DataConfig(name=name, root=root, image_size=image_size, min_images_per_class=min_images_per_class)
-    ds = load_dataset(cfg)
-    source = {"name": name, "root": root, "image_size": image_size}
-    return ds, write_pack(ds, out, source, compression)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """`python -m runner.data pack SRC OUT.h5 [--name ...]`; exit 2 on a ConfigError."""
-    parser = argparse.ArgumentParser(prog="python -m runner.data", description="Data set tools.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("pack", help="pack a data set into one HDF5 file (read with data.name: h5)")
-    p.add_argument("src", help="the data set's root (data.root); - for signs and digits")
-    p.add_argument("out", type=Path, help="the .h5 file to write")
-    p.add_argument("--name", default="folder", choices=dataset_names(), help="the loader (data.name)")
-    p.add_argument("--image-size", type=int, default=None, help="resize to N×N (default: the loader's)")
-    p.add_argument("--min-images-per-class", type=int, default=1, help="drop rarer classes (default: keep all)")
-    p.add_argument("--compression", choices=["none", "gzip", "lzf"], default="none",
-                   help="none reads fastest; gzip (any HDF5 tool) or lzf (h5py) shrink files of clean images")
-    args = parser.parse_args(argv)
-    start = time.perf_counter()
-    try:
-        ds, out = pack(args.name, args.src, args.out, args.image_size, args.min_images_per_class, args.compression)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"packed {len(ds)} images of {len(ds.class_names)} classes, {tuple(ds.images.shape[1:])}, "
-          f"into {out} ({out.stat().st_size / 2**20:.1f} MiB, {time.perf_counter() - start:.1f} s)")
-    return 0

@@ -6,10 +6,11 @@ import math
 from pathlib import Path
 
 import torch
+import torchvision
 from torch import nn
 from torch.nn import functional as F
 
-from runner.config import ConfigError, EmbeddingConfig, ModelConfig
+from runner.config import ConfigError, EmbeddingConfig, ModelConfig, suggest
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -44,7 +45,6 @@ class SmallCNN(nn.Module):
 
 
 def _torchvision_trunk(name: str, in_channels: int) -> tuple[nn.Module, int]:
-    import torchvision
     net = getattr(torchvision.models, name)(weights=None)
     if name.startswith("resnet"):
         if in_channels != 3:
@@ -71,10 +71,7 @@ def build_trunk(cfg: ModelConfig, in_channels: int, image_size: int) -> tuple[nn
     elif cfg.backbone in TRUNKS:
         trunk, out = _torchvision_trunk(cfg.backbone, in_channels)
     else:
-        from difflib import get_close_matches
-        close = get_close_matches(cfg.backbone, TRUNKS, n=1)
-        raise ConfigError("model.backbone", cfg.backbone,
-                          f"one of {', '.join(TRUNKS)}" + (f" (did you mean {close[0]}?)" if close else ""))
+        raise ConfigError("model.backbone", cfg.backbone, f"one of {', '.join(TRUNKS)}{suggest(cfg.backbone, TRUNKS)}")
     if cfg.pretrained:
         load_local_weights(trunk, cfg.pretrained)
     if cfg.freeze_trunk:

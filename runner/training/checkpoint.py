@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from runner.engine import Parts, TrainState
-from runner.store import fsync_replace
-
-
-def unwrap(module: torch.nn.Module) -> torch.nn.Module:
-    """The plain module inside DDP / PML distributed wrappers."""
-    return getattr(module, "module", getattr(module, "loss", module))
+from runner.store import atomic_path
+from runner.training.engine import TrainState
+from runner.training.parts import Parts, unwrap
 
 
 def save_checkpoint(path: Path, state: TrainState, parts: Parts, run_id: str) -> None:
@@ -30,12 +25,8 @@ def save_checkpoint(path: Path, state: TrainState, parts: Parts, run_id: str) ->
         "snapshots": state.snapshots,
         "elapsed_s": state.elapsed_s,
     }
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        fsync_replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path, parts: Parts, run_id: str) -> Optional[TrainState]:

@@ -67,7 +67,7 @@ def _collect_kernel():
     """
     global _COLLECT
     if _COLLECT is None:
-        import numba
+        import numba  # optional speed-up, seconds to import: only for large reference sets
 
         sign, low, shift = np.uint64(0x80000000), np.uint64(0xFFFFFFFF), np.uint64(32)
 
@@ -100,7 +100,7 @@ def _topk_filtered(q: torch.Tensor, refs: _Refs, k: int, self_cols: Optional[tor
     with fewer than k (rare) or far too many (e.g. collapsed embeddings) are redone directly.
     The GEMM runs tile by tile into one buffer, which the kernel scans.
     """
-    import numba
+    import numba  # seconds to import, and needed only for large reference sets
     k_need = k + (self_cols is not None)
     expected = k_need * refs.sample.shape[1] / refs.n
     k_sample = min(refs.sample.shape[1], math.ceil(expected + 3 * math.sqrt(expected) + 2))

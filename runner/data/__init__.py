@@ -1,0 +1,14 @@
+"""Data sets in memory: loaders by name, splits, samplers and augmentation.
+
+The names below are the package's public face (what launchers and analysis use);
+the modules hold one concern each: image_set (the in-memory form), registry (names ->
+loaders), mnist / folder / lfw / synthetic_signs / packed (formats), splits, samplers,
+augment. `python -m runner.data pack` is __main__.py.
+"""
+
+from runner.data.image_set import ImageSet, drop_rare_classes, resize_uint8
+from runner.data.registry import check_data, dataset_names, load_dataset
+from runner.data.splits import Splits, split_dataset
+
+__all__ = ["ImageSet", "Splits", "check_data", "dataset_names", "drop_rare_classes", "load_dataset",
+           "resize_uint8", "split_dataset"]

@@ -1,0 +1,65 @@
+"""`ImageSet`: the in-memory form every loader returns, and the operations on it.
+
+uint8 images (N×C×H×W), integer labels, class names and the index of each image in
+its source, so that a split can always be traced back to the files it came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+
+from runner.config import ConfigError
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor
+    """uint8, N×C×H×W."""
+    labels: torch.Tensor
+    """int64, N, contiguous class ids 0..C-1."""
+    class_names: list[str]
+    index: torch.Tensor
+    """int64, N: position of each image in its source data set."""
+    parents: Optional[list[str]] = None
+    """Optional coarse class of each class (a known two-level hierarchy)."""
+    meta: dict = field(default_factory=dict)
+    """Free-form facts about the source (root, family) stored in run.h5."""
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: np.ndarray | torch.Tensor) -> "ImageSet":
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return ImageSet(self.images[idx], self.labels[idx], self.class_names, self.index[idx],
+                        self.parents, self.meta)
+
+
+def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a uint8 N×C×H×W batch to size×size (antialiased bilinear)."""
+    out = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear",
+                                          antialias=True, align_corners=False)
+    return out.round().clamp(0, 255).to(torch.uint8)
+
+
+def drop_rare_classes(ds: ImageSet, min_count: int) -> ImageSet:
+    """Keep classes with at least min_count images and renumber labels 0..C-1."""
+    counts = torch.bincount(ds.labels, minlength=len(ds.class_names))
+    keep = torch.nonzero(counts >= min_count).flatten()
+    if len(keep) == len(ds.class_names):
+        return ds
+    if len(keep) < 2:
+        raise ConfigError("data.min_images_per_class", min_count,
+                          f"a value that leaves at least 2 classes (largest class has {int(counts.max())})")
+    remap = torch.full((len(ds.class_names),), -1, dtype=torch.long)
+    remap[keep] = torch.arange(len(keep))
+    rows = torch.nonzero(remap[ds.labels] >= 0).flatten()
+    out = ds.subset(rows)
+    out.labels = remap[out.labels]
+    out.class_names = [ds.class_names[i] for i in keep.tolist()]
+    if ds.parents is not None:
+        out.parents = [ds.parents[i] for i in keep.tolist()]
+    return out

@@ -1,0 +1,87 @@
+"""Data sets by name: `data.name` -> loader, the one list of names, and the checks before submission.
+
+Every loader reads only local files (compute nodes have no internet): a missing root
+or file is a one-line ConfigError on `data.root` that points to docs/datasets.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+
+from runner.config import ConfigError, DataConfig, suggest
+from runner.data.folder import load_folder
+from runner.data.image_set import ImageSet, drop_rare_classes, resize_uint8
+from runner.data.lfw import load_lfw
+from runner.data.mnist import load_fashion_mnist, load_mnist
+from runner.data.packed import read_pack
+from runner.data.paths import DOCS
+from runner.data.synthetic_signs import generate_signs
+
+
+def load_digits_set(cfg: DataConfig) -> ImageSet:
+    """scikit-learn's 8×8 digits (1,797 images, 10 classes), shipped inside the package."""
+    bunch = load_digits()
+    images = torch.from_numpy((bunch.images * (255.0 / 16.0)).round().astype(np.uint8))[:, None]
+    labels = torch.from_numpy(bunch.target.astype(np.int64))
+    return ImageSet(images, labels, [str(c) for c in range(10)], torch.arange(len(labels)),
+                    meta={"family": "digits"})
+
+
+def load_signs(cfg: DataConfig) -> ImageSet:
+    """Synthetic traffic signs (runner.data.synthetic_signs); data.root is unused."""
+    return generate_signs(cfg.image_size)
+
+
+def load_h5(cfg: DataConfig) -> ImageSet:
+    """A file written by `python -m runner.data pack`, read whole into memory."""
+    return read_pack(cfg.root)
+
+
+LOADERS: dict[str, Callable[[DataConfig], ImageSet]] = {
+    "digits": load_digits_set,
+    "mnist": load_mnist,
+    "fashion_mnist": load_fashion_mnist,
+    "folder": load_folder,
+    "lfw": load_lfw,
+    "signs": load_signs,
+    "h5": load_h5,
+}
+ROOT_KINDS = {"mnist": "dir", "fashion_mnist": "dir", "folder": "dir", "lfw": "dir", "h5": "file"}
+"""Loaders that read data.root, and whether it names a directory or a file."""
+
+
+def dataset_names() -> list[str]:
+    return sorted(LOADERS)
+
+
+def check_name(name: str) -> None:
+    """data.name is a known loader, or a one-line ConfigError with a close match."""
+    if name not in LOADERS:
+        raise ConfigError("data.name", name, f"one of {', '.join(dataset_names())}{suggest(name, LOADERS)}")
+
+
+def load_dataset(cfg: DataConfig) -> ImageSet:
+    """Load the data set named by cfg.name, drop rare classes and resize when asked."""
+    check_name(cfg.name)
+    ds = LOADERS[cfg.name](cfg)
+    ds = drop_rare_classes(ds, cfg.min_images_per_class)
+    if cfg.image_size is not None and ds.images.shape[-1] != cfg.image_size:
+        ds.images = resize_uint8(ds.images, cfg.image_size)
+    return ds
+
+
+def check_data(cfg: DataConfig) -> None:
+    """Cheap checks that need no loading (before submission): the name, and that data.root exists."""
+    check_name(cfg.name)
+    kind = ROOT_KINDS.get(cfg.name)
+    if kind is None:
+        return
+    root = Path(cfg.root).expanduser() if cfg.root else None
+    if root is None or not (root.is_dir() if kind == "dir" else root.is_file()):
+        what = "an existing directory" if kind == "dir" else "an existing file"
+        raise ConfigError("data.root", cfg.root, f"{what} for data.name {cfg.name} ({DOCS})")

@@ -1,0 +1,258 @@
+"""One run's lifecycle: skip or lock, set up, train, then finish or fail; its files in store.
+
+    run_one(cfg, out)
+      store.run_status / store.run_lock       skip a completed run; one process per run_id
+      setup(run)                              threads, device, process group, data, parts, checkpoint
+      engine.fit(..., on_epoch_end)           TensorBoard scalars and checkpoint.pt after every epoch
+      finish(run, ...) / fail(run, ...)       run.h5 (+ model.pt, HParams, projector) or a failed run.h5
+
+A `Run` carries what every one of those steps needs; `record` turns it and the train
+state into the RunRecord that store.write_run writes.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+import traceback
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+
+from runner import dist, store
+from runner.config import ConfigError, DataConfig, RunConfig, run_id
+from runner.data import Splits, load_dataset, split_dataset
+from runner.data.augment import AugmentPolicy, policy_for
+from runner.launch.provenance import provenance
+from runner.launch.tb_logger import TBLogger
+from runner.training import engine
+from runner.training.checkpoint import load_checkpoint, save_checkpoint
+from runner.training.parts import Parts, build_parts, unwrap
+
+INTERRUPTED = "interrupted"
+"""stop_after_epochs was reached: the checkpoint stays, the next launch resumes."""
+STOPPED = "stopped"
+"""A scheduler (ASHA) ended the run: run.h5 says `stopped` with `stopped_epoch`."""
+
+OnEpoch = Callable[[engine.TrainState], bool]
+"""Called after every epoch on every rank; True ends the run as `stopped`."""
+
+
+@dataclass
+class Run:
+    """One run as it trains: its config, id, directory, process layout and provenance."""
+    cfg: RunConfig
+    run_id: str
+    dir: Path
+    env: dist.DistEnv
+    attrs: dict = field(default_factory=dict)
+    """Provenance known at start (seed, versions, hosts...): carried into every run.h5 it writes."""
+    splits: Optional[Splits] = None
+
+    @property
+    def path(self) -> Path:
+        return self.dir / "run.h5"
+
+    def summary(self, status: str, **extra) -> dict:
+        return {"run_id": self.run_id, "status": status, "path": str(self.path), **extra}
+
+
+def run_one(cfg: RunConfig, out: str | Path, env: Optional[dist.DistEnv] = None, *,
+            progress: Optional[bool] = None, stop_after_epochs: Optional[int] = None,
+            on_epoch: Optional[OnEpoch] = None, retry_failed: bool = True, record_stopped: bool = False) -> dict:
+    """Train (or resume, or skip) one run and write its run.h5. Returns a summary dict.
+
+    on_epoch may return True to end the run as `stopped` (run.h5 written, stopped_epoch set).
+    record_stopped writes that `stopped` run.h5 before every on_epoch call, for schedulers
+    (Ray Tune's ASHA) that may end the process inside the callback; the final write replaces it.
+    Raises store.RunLocked when another process trains the same run_id in `out`.
+    """
+    env = env or dist.from_environ()
+    run = Run(cfg, run_id(cfg), store.run_dir(out, run_id(cfg)), env)
+    if _is_done(run, retry_failed):
+        return run.summary(store.run_status(run.path), skipped=True)
+    if env.is_main:
+        store.check_writable(out)  # a clear error before training, not a traceback at the first write
+    with store.run_lock(run.dir) if env.is_main else nullcontext():
+        if _is_done(run, retry_failed):  # another launch may have finished it between the check and the lock
+            return run.summary(store.run_status(run.path), skipped=True)
+        if env.is_main:
+            store.remove_stale_temporaries(run.dir)
+        progress = dist.is_tty() and env.is_main if progress is None else progress
+        return _train(run, progress, stop_after_epochs, on_epoch, record_stopped)
+
+
+def _is_done(run: Run, retry_failed: bool) -> bool:
+    status = store.run_status(run.path)
+    return status == "completed" or (status == "failed" and not retry_failed)
+
+
+def _train(run: Run, progress: bool, stop_after_epochs: Optional[int], on_epoch: Optional[OnEpoch],
+           record_stopped: bool) -> dict:
+    run.attrs = {"seed": run.cfg.seed, "start_time": _now(), **provenance(run.env)}
+    state, logger = engine.TrainState(), None
+    try:
+        parts, state = setup(run)
+        logger = TBLogger(run.dir / "tb") if run.env.is_main else None
+        stop_at = state.epoch + stop_after_epochs if stop_after_epochs else None
+        callback = epoch_end(run, parts, logger, len(state.steps["step"]), stop_at, on_epoch, record_stopped)
+        t0 = time.perf_counter()
+        state = engine.fit(run.cfg.train, run.cfg.seed, run.splits, parts, run.env, state, callback, progress)
+        if state.stop_reason == INTERRUPTED:
+            return run.summary(INTERRUPTED, epoch=state.epoch)
+        if state.stop_reason == STOPPED:
+            if run.env.is_main:
+                write_stopped(run, state)
+            return run.summary(STOPPED, epoch=state.epoch)
+        return finish(run, state, parts, logger, time.perf_counter() - t0)
+    except (ConfigError, KeyboardInterrupt):
+        raise
+    except Exception as exc:  # recorded as a failed run; the grid goes on
+        return fail(run, state, exc)
+    finally:
+        if logger is not None:
+            logger.close()
+        dist.teardown()
+
+
+def setup(run: Run) -> tuple[Parts, engine.TrainState]:
+    """Threads, device and process group; the data (run.splits); the parts; the checkpoint's state."""
+    t = run.cfg.train
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    torch.use_deterministic_algorithms(t.deterministic, warn_only=True)
+    device = dist.pick_device(t.device, run.env)
+    dist.init_process_group(run.env, device)
+    run.attrs["hosts"] = dist.gather_hosts(run.env)  # a rank per host on multi-node runs
+    run.splits, policy = prepare_data(run.cfg.data)
+    parts = build_run_parts(run.cfg, run.splits, policy, run.env, device)
+    ckpt = run.dir / "checkpoint.pt"
+    state = load_checkpoint(ckpt, parts, run.run_id) or engine.TrainState()
+    if state.epoch and run.env.is_main:
+        print(f"run {run.run_id}: resuming after epoch {state.epoch} from {ckpt}", flush=True)
+    return parts, state
+
+
+def prepare_data(cfg: DataConfig) -> tuple[Splits, AugmentPolicy]:
+    """Load, split and pick the augmentation policy; raises ConfigError on bad data settings."""
+    ds = load_dataset(cfg)
+    return split_dataset(ds, cfg), policy_for(cfg, ds.meta.get("family", "folder"))
+
+
+def build_run_parts(cfg: RunConfig, splits: Splits, policy: AugmentPolicy, env: dist.DistEnv,
+                    device: torch.device) -> Parts:
+    """training.parts.build_parts with each of cfg's sections handed to its builder."""
+    return build_parts(cfg.model, cfg.embedding, cfg.loss, cfg.miner, cfg.train, cfg.seed, splits.train, policy,
+                       env, device)
+
+
+def epoch_end(run: Run, parts: Parts, logger: Optional[TBLogger], logged: int, stop_at: Optional[int],
+              on_epoch: Optional[OnEpoch], record_stopped: bool) -> engine.EpochCallback:
+    """The engine's epoch callback: log, checkpoint, ask on_epoch; returns a stop reason or None."""
+    def on_epoch_end(state: engine.TrainState) -> Optional[str]:
+        nonlocal logged
+        if run.env.is_main:
+            logger.log_steps(state.steps, logged)
+            logged = len(state.steps["step"])
+            logger.log_epoch(state.epochs[-1])
+            save_checkpoint(run.dir / "checkpoint.pt", state, parts, run.run_id)
+            if record_stopped and on_epoch:
+                write_stopped(run, state)
+        if on_epoch and on_epoch(state):
+            return STOPPED
+        if stop_at is not None and stop_at <= state.epoch < parts.epochs:
+            return INTERRUPTED
+        return None
+    return on_epoch_end
+
+
+def finish(run: Run, state: engine.TrainState, parts: Parts, logger: Optional[TBLogger], wall_s: float) -> dict:
+    """Write run.h5 (the result), TensorBoard HParams/projector, final weights; drop the checkpoint."""
+    metrics = last_metrics(state)
+    n_samples = len(state.steps["step"]) * run.cfg.train.batch_size * run.env.world_size
+    samples_per_s = n_samples / max(state.elapsed_s, 1e-9)
+    if run.env.is_main:
+        rec = record(run, "completed", state, status_reason="", metrics=metrics, train_time_s=state.elapsed_s,
+                     wall_time_s=wall_s, samples_per_s=samples_per_s, epochs_run=state.epoch, end_time=_now())
+        logger.log_hparams(run.cfg.to_dict(), metrics, run_name="hparams")
+        logger.log_projector(rec.final["test"]["embeddings"], rec.final["test"]["labels"],
+                             run.splits.test.class_names, run.splits.test.images, run.cfg.seed)
+        # model.pt first: run.h5 saying `completed` is the marker that the run is done, so it comes last
+        with store.atomic_path(run.dir / "model.pt") as tmp:
+            torch.save({"run_id": run.run_id, "model": unwrap(parts.model).state_dict()}, tmp)
+        store.write_run(run.path, rec)
+        (run.dir / "checkpoint.pt").unlink(missing_ok=True)
+    return run.summary("completed", metrics=metrics, train_time_s=state.elapsed_s, samples_per_s=samples_per_s)
+
+
+def fail(run: Run, state: engine.TrainState, exc: Exception) -> dict:
+    """Record a failed run.h5 with the reason (rank 0); a write that fails too is reported with it."""
+    error = f"{type(exc).__name__}: {exc}"
+    if run.env.is_main:
+        extra = {"error": error, "traceback": traceback.format_exc(limit=20), "end_time": _now()}
+        if isinstance(exc, engine.NonFiniteLoss):
+            extra.update(failed_epoch=exc.epoch, failed_step=exc.step)
+        try:
+            store.write_run(run.path, record(run, "failed", state, **extra))
+        except OSError as write_exc:  # a full or vanished disk: report both reasons, leave no run.h5
+            error += f" (and run.h5 could not be written: {type(write_exc).__name__}: {write_exc})"
+    return run.summary("failed", error=error)
+
+
+def write_stopped(run: Run, state: engine.TrainState) -> None:
+    """run.h5 with status `stopped` after state.epoch; the checkpoint stays for a resume."""
+    store.write_run(run.path, record(
+        run, STOPPED, state, status_reason=f"stopped early by a scheduler after epoch {state.epoch}",
+        metrics=last_metrics(state), stopped_epoch=state.epoch, epochs_run=state.epoch,
+        train_time_s=state.elapsed_s, end_time=_now()))
+
+
+def last_metrics(state: engine.TrainState) -> dict:
+    last = state.epochs[-1] if state.epochs else {}
+    return {k: v for k, v in last.items() if k not in store.EPOCH_TIMING_KEYS}
+
+
+def record(run: Run, status: str, state: engine.TrainState, **extra) -> store.RunRecord:
+    """The RunRecord of `run` in `state`: run.attrs plus this write's extra attributes."""
+    rec = store.RunRecord(run_id=run.run_id, config=run.cfg.to_dict(), status=status, attrs={**run.attrs, **extra})
+    rec.steps = {k: torch.tensor(v).numpy() for k, v in state.steps.items()}
+    rec.epoch_table = state.epochs
+    splits = run.splits
+    if splits is None:  # failed before the data was loaded
+        return rec
+    if state.snapshots:
+        last = max(state.snapshots)
+        for split in ("train", "test"):
+            part = getattr(splits, split)
+            rec.final[split] = {"embeddings": state.snapshots[last][split].numpy().astype("float32"),
+                                "labels": part.labels.numpy(), "index": part.index.numpy()}
+        rec.epochs = {e: {s: v.numpy() for s, v in snap.items()} for e, snap in state.snapshots.items()}
+    rec.data = {"class_names": splits.train.class_names, "family": splits.train.meta.get("family", ""),
+                "image_shape": list(splits.train.images.shape[1:])}
+    if splits.train.parents is not None:
+        rec.data["parents"] = splits.train.parents
+    return rec
+
+
+def format_result(result: dict) -> str:
+    """A short table of the run's test metrics and speed."""
+    skipped = " (already there: skipped)" if result.get("skipped") else ""
+    if result["status"] == "locked":
+        skipped = " (another process is training it: skipped)"
+    lines = [f"run {result['run_id']}: {result['status']}{skipped}  ({result['path']})"]
+    if result.get("metrics"):
+        m = result["metrics"]
+        lines.append("  " + "  ".join(f"{k:>11}" for k in store.METRIC_NAMES))
+        lines.append("  " + "  ".join(f"{m.get(k, float('nan')):11.4f}" for k in store.METRIC_NAMES))
+    if "train_time_s" in result:
+        lines.append(f"  train time {result['train_time_s']:.1f} s, {result['samples_per_s']:.0f} samples/s")
+    if result.get("error"):
+        lines.append(f"  error: {result['error']}")
+    return "\n".join(lines)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,77 @@
+"""Grid runs as submitit jobs: the Checkpointable task, the executor, and the submission.
+
+On SLURM every run is one array task of `tasks_per_run` tasks (one DDP rank each). The
+submitted callable is a submitit Checkpointable: on timeout or preemption submitit
+requeues it and the run resumes from the checkpoint of its last completed epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import submitit
+
+from runner import dist
+from runner.config import from_dict
+from runner.launch.many import run_each
+from runner.launch.run import format_result
+
+
+class GridTask(submitit.helpers.Checkpointable):
+    """Train runs one after another (each: skip if completed, resume if checkpointed)."""
+
+    def __call__(self, configs: list[dict], out: str, retry_failed: bool) -> list[dict]:
+        env = dist.from_environ()
+        results = []
+        for result in run_each((from_dict(c) for c in configs), out, env, progress=False, retry_failed=retry_failed):
+            if env.is_main:
+                print(format_result(result), dist.slurm_job(), flush=True)
+            results.append(result)
+        return results
+
+    def checkpoint(self, configs: list[dict], out: str, retry_failed: bool) -> submitit.helpers.DelayedSubmission:
+        # called by submitit's signal handler on rank 0: no collectives, no I/O here. run_one has
+        # written checkpoint.pt after every epoch; the requeued job loads it and skips finished runs.
+        return submitit.helpers.DelayedSubmission(GridTask(), configs, out, retry_failed)
+
+
+def tasks_per_run(args: argparse.Namespace) -> int:
+    """DDP ranks of one run: --tasks-per-run, else one per GPU, else 1."""
+    return args.tasks_per_run or max(1, args.gpus_per_run)
+
+
+def make_executor(args: argparse.Namespace) -> submitit.Executor:
+    """A submitit executor for --executor with the SLURM/local options applied."""
+    cluster = {"auto": None, "slurm": "slurm", "local": "local", "debug": "debug"}[args.executor]
+    folder = Path(args.out).resolve() / "submitit" / "%j"
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster,
+                                     slurm_max_num_timeout=args.max_requeue)
+    tasks = tasks_per_run(args)
+    params = dict(name=args.name, timeout_min=args.timeout_min, nodes=args.nodes_per_run,
+                  tasks_per_node=tasks // args.nodes_per_run,
+                  cpus_per_task=args.cpus_per_task, slurm_array_parallelism=args.max_parallel,
+                  slurm_signal_delay_s=args.signal_delay_s)
+    if args.gpus_per_run:
+        params["gpus_per_node"] = args.gpus_per_run // args.nodes_per_run
+    if args.mem_gb:
+        params["mem_gb"] = args.mem_gb
+    for key in ("partition", "account", "qos"):
+        if getattr(args, key):
+            params[f"slurm_{key}"] = getattr(args, key)
+    if args.setup:
+        params["slurm_setup"] = args.setup
+    executor.update_parameters(**params)
+    return executor
+
+
+def submit_runs(executor: submitit.Executor, configs: list[dict], out: str, retry_failed: bool,
+                lanes: int) -> list:
+    """One job per run (a SLURM array), or `lanes` jobs of several runs each on the local executor."""
+    out = str(Path(out).resolve())
+    if executor.cluster == "slurm":
+        groups = [[c] for c in configs]
+    else:  # the local executor starts every job at once: bound it by running lanes in sequence
+        groups = [configs[i::lanes] for i in range(min(lanes, len(configs)))]
+    with submitit.helpers.clean_env():  # from inside a SLURM job, don't leak its SLURM_* variables
+        return executor.map_array(GridTask(), groups, [out] * len(groups), [retry_failed] * len(groups))

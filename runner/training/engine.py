@@ -1,0 +1,219 @@
+"""The training loop: steps, per-epoch evaluation and stored embeddings. No file I/O.
+
+Randomness is keyed by (seed, epoch): the sampler, the augmentation generator and
+torch's global generator are reseeded at the start of every epoch, so a run resumed
+from the checkpoint of epoch e replays epochs e+1.. exactly as an uninterrupted run.
+
+`fit` takes the TrainConfig and the seed, not the whole RunConfig, and returns the
+TrainState; an epoch callback that returns a reason (a string) ends training after
+that epoch, with `state.stop_reason` set.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+from tqdm import tqdm
+
+from runner.config import TrainConfig
+from runner.data.augment import augment_batch, to_device
+from runner.data.splits import Splits
+from runner.dist import DistEnv
+from runner.losses import loss_with_stats
+from runner.store import STEP_KEYS
+from runner.training import evaluate
+from runner.training.parts import Parts
+
+
+class NonFiniteLoss(RuntimeError):
+    """Training diverged: the loss became NaN or infinite."""
+
+    def __init__(self, epoch: int, step: int, value: float):
+        self.epoch, self.step = epoch, step
+        super().__init__(f"non-finite loss {value} at epoch {epoch}, step {step}")
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds, and what the callbacks see after each epoch."""
+    epoch: int = 0
+    """Completed epochs (0 = untrained)."""
+    steps: dict = field(default_factory=lambda: {k: [] for k in ("epoch", "step", *STEP_KEYS)})
+    epochs: list = field(default_factory=list)
+    """One dict of metrics per evaluated epoch."""
+    snapshots: dict = field(default_factory=dict)
+    """epoch -> {"train": emb, "test": emb} stored embeddings."""
+    elapsed_s: float = 0.0
+    stop_reason: Optional[str] = None
+    """Set when an epoch callback ended training early (not checkpointed)."""
+
+
+@dataclass(frozen=True)
+class DeviceData:
+    """The splits' images and labels on the training device, moved there once per fit."""
+    images: torch.Tensor
+    labels: torch.Tensor
+    test_images: torch.Tensor
+    val_images: Optional[torch.Tensor]
+
+    @classmethod
+    def of(cls, splits: Splits, device: torch.device) -> "DeviceData":
+        val = splits.val.images.to(device) if splits.val is not None else None
+        return cls(splits.train.images.to(device), splits.train.labels.to(device),
+                   splits.test.images.to(device), val)
+
+
+EpochCallback = Callable[[TrainState], Optional[str]]
+"""Called after every evaluated epoch; a returned string ends training with that reason."""
+
+
+def fit(t: TrainConfig, seed: int, splits: Splits, parts: Parts, env: DistEnv,
+        state: Optional[TrainState] = None, on_epoch_end: Optional[EpochCallback] = None,
+        progress: bool = False) -> TrainState:
+    """Train from state.epoch to parts.epochs, evaluating and calling on_epoch_end each epoch."""
+    state = state or TrainState()
+    data = DeviceData.of(splits, parts.device)
+    if state.epoch == 0 and not state.epochs:
+        record_epoch(parts, splits, data, env, state, t.save_every, 0.0)
+        if on_epoch_end and _stopped(state, on_epoch_end(state)):
+            return state
+    for epoch in range(state.epoch + 1, parts.epochs + 1):
+        t0 = time.perf_counter()
+        train_one_epoch(parts, data, epoch, state, seed, t.grad_clip, progress)
+        state.epoch = epoch
+        record_epoch(parts, splits, data, env, state, t.save_every, time.perf_counter() - t0)
+        if on_epoch_end and _stopped(state, on_epoch_end(state)):
+            return state
+    return state
+
+
+def _stopped(state: TrainState, reason: Optional[str]) -> bool:
+    state.stop_reason = reason
+    return reason is not None
+
+
+def seed_everything(seed: int, epoch: int) -> None:
+    random.seed(seed * 100003 + epoch)
+    np.random.seed((seed * 100003 + epoch) % 2**32)
+    torch.manual_seed(seed * 100003 + epoch)
+
+
+def batch_distances(emb: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean positive and negative pair distance within a batch (a loss-independent view)."""
+    d = torch.cdist(emb.detach().float(), emb.detach().float())
+    same = labels[:, None] == labels[None, :]
+    eye = torch.eye(len(labels), dtype=torch.bool, device=emb.device)
+    pos, neg = same & ~eye, ~same
+    return (d * pos).sum() / pos.sum().clamp_min(1), (d * neg).sum() / neg.sum().clamp_min(1)
+
+
+def train_step(parts: Parts, images: torch.Tensor, labels: torch.Tensor, grad_clip: Optional[float]) -> list:
+    """One optimiser step; returns the step's diagnostics as 0-dim tensors (no host sync)."""
+    with torch.autocast(parts.device.type, dtype=torch.bfloat16, enabled=parts.amp):
+        emb, norm = parts.model(images, return_norm=True)
+    if emb.dtype in (torch.float16, torch.bfloat16):  # the loss in float32 under AMP; float64 models stay float64
+        emb = emb.float()
+    indices = parts.miner(emb, labels) if parts.miner is not None else None
+    loss, active = loss_with_stats(parts.loss_fn, emb, labels, indices)
+    parts.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(parts.model.parameters(), grad_clip)
+    parts.optimizer.step()
+    lr = parts.scheduler.get_last_lr()[0]
+    parts.scheduler.step()
+    d_pos, d_neg = batch_distances(emb, labels)
+    # log the loss of the global batch: the wrapper's × world_size only undoes DDP's gradient averaging
+    return [loss.detach() / parts.world_size, torch.as_tensor(active, dtype=torch.float32, device=emb.device).detach(),
+            d_pos, d_neg, norm.mean(), to_device(torch.tensor(lr), emb.device)]
+
+
+def train_one_epoch(parts: Parts, data: DeviceData, epoch: int, state: TrainState, seed: int,
+                    grad_clip: Optional[float], progress: bool = False) -> None:
+    """Run epoch `epoch` (1-based) and append its step records to state.steps."""
+    seed_everything(seed, epoch)
+    gen = torch.Generator().manual_seed(seed * 100003 + epoch)
+    parts.model.train()
+    batches = parts.sampler.batches(epoch)
+    records = []
+    iterator = batches
+    if progress:
+        iterator = tqdm(batches, desc=f"epoch {epoch}/{parts.epochs}", leave=False)
+    first_step = len(state.steps["step"])
+    for i, idx in enumerate(iterator):
+        # a plain host-to-GPU copy waits for the queued kernels: pinned + non_blocking does not
+        idx_t = to_device(torch.as_tensor(idx), data.images.device)
+        x = augment_batch(data.images[idx_t], parts.policy, gen)
+        if parts.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        rec = train_step(parts, x, data.labels[idx_t], grad_clip)
+        # on CPU a finiteness check costs nothing; on GPU it waits for the end of the epoch
+        if parts.device.type == "cpu" and not torch.isfinite(rec[0]):
+            raise NonFiniteLoss(epoch, first_step + i, float(rec[0]))
+        records.append(torch.stack(rec))
+    table = torch.stack(records).cpu()  # the one host sync of the epoch
+    bad = torch.nonzero(~torch.isfinite(table[:, 0])).flatten()
+    if len(bad):
+        raise NonFiniteLoss(epoch, first_step + int(bad[0]), float(table[bad[0], 0]))
+    state.steps["epoch"] += [epoch] * len(records)
+    state.steps["step"] += list(range(first_step, first_step + len(records)))
+    for j, key in enumerate(STEP_KEYS):
+        state.steps[key] += table[:, j].tolist()
+
+
+@torch.inference_mode()
+def embed(model: torch.nn.Module, images: torch.Tensor, env: DistEnv, batch_size: int = 512) -> torch.Tensor:
+    """Embeddings of all images (eval mode). Each rank embeds a shard; shards are gathered."""
+    model.eval()
+    rows = torch.arange(env.rank, len(images), env.world_size, device=images.device)
+    out = [model(images[rows[i:i + batch_size]]).float() for i in range(0, len(rows), batch_size)]
+    local = torch.cat(out) if out else torch.zeros(0, 1, device=images.device)
+    if not env.distributed:
+        return local.cpu()
+    size = (len(images) + env.world_size - 1) // env.world_size
+    padded = torch.zeros(size, local.shape[1], device=local.device)
+    padded[:len(local)] = local
+    parts = [torch.zeros_like(padded) for _ in range(env.world_size)]
+    tdist.all_gather(parts, padded)
+    full = torch.zeros(len(images), local.shape[1])
+    for r, part in enumerate(parts):
+        n = len(range(r, len(images), env.world_size))
+        full[r::env.world_size] = part[:n].cpu()
+    return full
+
+
+def evaluate_epoch(parts: Parts, splits: Splits, data: DeviceData, env: DistEnv) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """Test metrics (test queries vs train references), plus val_* metrics when a val split exists."""
+    model = parts.model
+    train_emb = embed(model, data.images, env)
+    test_emb = embed(model, data.test_images, env)
+    metrics = evaluate.compute_metrics(test_emb, splits.test.labels, train_emb, splits.train.labels)
+    if data.val_images is not None:
+        val_emb = embed(model, data.val_images, env)
+        val = evaluate.compute_metrics(val_emb, splits.val.labels, train_emb, splits.train.labels)
+        metrics.update({f"val_{k}": v for k, v in val.items()})
+    return metrics, train_emb, test_emb
+
+
+def record_epoch(parts: Parts, splits: Splits, data: DeviceData, env: DistEnv, state: TrainState,
+                 save_every: int, train_s: float) -> None:
+    """Evaluate, append the epoch's row to state.epochs and keep the embeddings to store."""
+    t0 = time.perf_counter()
+    metrics, train_emb, test_emb = evaluate_epoch(parts, splits, data, env)
+    epoch = state.epoch
+    losses_this = [l for e, l in zip(state.steps["epoch"], state.steps["loss"]) if e == epoch]
+    state.epochs.append({"epoch": epoch, "train_loss": float(np.mean(losses_this)) if losses_this else float("nan"),
+                         "train_s": train_s, "eval_s": time.perf_counter() - t0, **metrics})
+    state.elapsed_s += train_s
+    # keep every save_every-th epoch, the last, and always the latest (a run stopped early
+    # by a scheduler stores the embeddings it ended with)
+    previous = max(state.snapshots, default=None)
+    if previous is not None and previous % save_every != 0:
+        del state.snapshots[previous]
+    state.snapshots[epoch] = {"train": train_emb, "test": test_emb}
