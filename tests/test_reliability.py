@@ -61,6 +61,7 @@ CHILD = textwrap.dedent(r'''
     torch.set_num_threads(1)
     from runner import store
     from runner.launch import run as train, tb_logger as tb
+    from runner.store import files, run_file
     from runner.training import engine
     from runner.spec import resolve
     plan = json.load(open(sys.argv[1]))
@@ -105,17 +106,17 @@ CHILD = textwrap.dedent(r'''
         elif where == "ckpt_mid":
             torn_save(n, sig)
         elif where == "ckpt_rename":
-            patch(store, "fsync_replace", where, n, sig, match=lambda a: "checkpoint" in str(a[1]))
+            patch(files, "fsync_replace", where, n, sig, match=lambda a: "checkpoint" in str(a[1]))
         elif where == "ckpt_done":
             patch(train, "save_checkpoint", where, n, sig, before=False)
         elif where == "tb":
             patch(tb.TBLogger, "log_epoch", where, n, sig)
         elif where == "model_save":
-            patch(store, "fsync_replace", where, n, sig, match=lambda a: str(a[1]).endswith("model.pt"))
+            patch(files, "fsync_replace", where, n, sig, match=lambda a: str(a[1]).endswith("model.pt"))
         elif where == "h5_mid":
-            patch(store, "_write_arrays", where, n, sig)
+            patch(run_file, "_write_arrays", where, n, sig)
         elif where == "h5_rename":
-            patch(store, "fsync_replace", where, n, sig, match=lambda a: str(a[1]).endswith("run.h5"))
+            patch(files, "fsync_replace", where, n, sig, match=lambda a: str(a[1]).endswith("run.h5"))
         elif where == "h5_done":
             patch(store, "write_run", where, n, sig, before=False)
 
@@ -289,7 +290,7 @@ def test_disk_full_while_writing_fails_the_run_with_its_reason(tmp_path, referen
     def full(tmp, final):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(store, "fsync_replace", full)
+    monkeypatch.setattr(store.files, "fsync_replace", full)
     result = run_one(cfg, tmp_path, progress=False)
     assert result["status"] == "failed" and "No space left on device" in result["error"]
     assert "could not be written" in result["error"]
