@@ -287,7 +287,7 @@ def identity(cfg: RunConfig) -> dict:
     a change of thread count. A default that changes moves the ids of runs that rely on it
     (tests/test_run_ids.py pins the ids of jobs/*.yaml, so such a change is seen).
     """
-    default = flatten(RunConfig().to_dict())
+    default = flatten(type(cfg)().to_dict())
     return {k: v for k, v in flatten(cfg.to_dict()).items()
             if k not in EXECUTION_ONLY and (k not in default or v != default[k])}
 

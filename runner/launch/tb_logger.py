@@ -30,7 +30,7 @@ def hparams(config: dict) -> dict:
 
 class TBLogger:
     def __init__(self, logdir: str | Path):
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # tensorboard costs seconds to import; few runs look
         self.logdir = Path(logdir)
         self.writer = SummaryWriter(str(self.logdir))
 
