@@ -1,4 +1,4 @@
-"""Time and peak memory of runner.evaluate.compute_metrics against PML's AccuracyCalculator.
+"""Time and peak memory of runner.training.evaluate.compute_metrics against PML's AccuracyCalculator.
 
     python benchmarks/eval_speed.py [--n 200000 --dim 64 --classes 100 --seed 0]
 

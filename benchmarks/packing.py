@@ -5,7 +5,7 @@
     python benchmarks/packing.py --device cuda --parallel 4 --threads 4   # GPU: 4 runs share one GPU vs 1 at a time
     python benchmarks/packing.py --quick                # seconds: code path only
 
-Each run is the default digits training loop (runner.engine.train_one_epoch, augmentation
+Each run is the default digits training loop (runner.training.engine.train_one_epoch, augmentation
 on) in its own spawned process, with a different seed. `sequential`: the N runs one after
 another, each with --threads torch threads (the whole machine). `packed`: the N runs at
 once, each with max(1, threads // N) threads. Throughput is all samples trained over the

@@ -8,7 +8,7 @@ and every method of a (data set, n, seed) cell sees the very same split.
 
 Methods:
   recipe         the shipped spec of the data set's family (jobs/*.yaml over the defaults),
-                 with the step floor below; trained by runner.engine, scored once at the end
+                 with the step floor below; trained by runner.training.engine, scored once at the end
   bare           benchmarks/bare_loop.py: random batches, Adam at a constant LR, no augmentation
   raw, pca       pixels, PCA to min(64, n_train - 1) dims
   pca+lda        PCA to min(64, n_train - n_classes) dims, then LDA (Fisherfaces)

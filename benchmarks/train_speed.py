@@ -12,7 +12,7 @@ tensors, batch 128, with the same loss and miner:
   triplet      TripletMarginLoss(margin=0.2) + TripletMarginMiner(margin=0.2, semihard)
   contrastive  ContrastiveLoss() + PairMarginMiner()   (PML defaults on both sides)
 
-The runner side is runner.engine.train_one_epoch (P×K batches, per-step diagnostics as
+The runner side is runner.training.engine.train_one_epoch (P×K batches, per-step diagnostics as
 0-dim tensors, one host sync per epoch, AdamW + warm-up/cosine schedule) followed, each
 epoch, by what runner.train does at an epoch end apart from evaluation: TensorBoard step
 logging and a checkpoint.pt write. The bare side is benchmarks/bare_loop.py:bare_train
@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     p.add_argument("--channels-last", action="store_true",
                    help="also time the runner with a channels_last model on CPU (row runner+cl)")
     p.add_argument("--profile", action="store_true",
-                   help="instead: cProfile of runner.train.run_one on the default digits run (--epochs epochs)")
+                   help="instead: cProfile of runner.launch.run.run_one on the default digits run (--epochs epochs)")
     p.add_argument("--quick", action="store_true", help="1 epoch, 1 repeat, width 8, batch 32: code path only")
     args = p.parse_args(argv)
     if args.quick:
