@@ -26,6 +26,7 @@ from runner import dist, store
 from runner.config import ConfigError, DataConfig, RunConfig, run_id
 from runner.data import Splits, load_dataset, split_dataset
 from runner.data.augment import AugmentPolicy, policy_for
+from runner.launch.progress import EpochLog
 from runner.launch.provenance import provenance
 from runner.launch.tb_logger import TBLogger
 from runner.training import engine
@@ -93,12 +94,15 @@ def _is_done(run: Run, retry_failed: bool) -> bool:
 def _train(run: Run, progress: bool, stop_after_epochs: Optional[int], on_epoch: Optional[OnEpoch],
            record_stopped: bool) -> dict:
     run.attrs = {"seed": run.cfg.seed, "start_time": _now(), **provenance(run.env)}
-    state, logger = engine.TrainState(), None
+    state, logger, lines = engine.TrainState(), None, None
     try:
         parts, state = setup(run)
-        logger = TBLogger(run.dir / "tb") if run.env.is_main else None
+        if run.env.is_main:
+            logger = TBLogger(run.dir / "tb")
+            lines = EpochLog(run.run_id, run.dir / "train.log", parts.epochs,
+                             run.cfg.train.batch_size * run.env.world_size)
         stop_at = state.epoch + stop_after_epochs if stop_after_epochs else None
-        callback = epoch_end(run, parts, logger, len(state.steps["step"]), stop_at, on_epoch, record_stopped)
+        callback = epoch_end(run, parts, logger, lines, len(state.steps["step"]), stop_at, on_epoch, record_stopped)
         t0 = time.perf_counter()
         state = engine.fit(run.cfg.train, run.cfg.seed, run.splits, parts, run.env, state, callback, progress)
         if state.stop_reason == INTERRUPTED:
@@ -113,8 +117,9 @@ def _train(run: Run, progress: bool, stop_after_epochs: Optional[int], on_epoch:
     except Exception as exc:  # recorded as a failed run; the grid goes on
         return fail(run, state, exc)
     finally:
-        if logger is not None:
-            logger.close()
+        for closing in (logger, lines):
+            if closing is not None:
+                closing.close()
         dist.teardown()
 
 
@@ -149,13 +154,19 @@ def build_run_parts(cfg: RunConfig, splits: Splits, policy: AugmentPolicy, env: 
                        env, device)
 
 
-def epoch_end(run: Run, parts: Parts, logger: Optional[TBLogger], logged: int, stop_at: Optional[int],
-              on_epoch: Optional[OnEpoch], record_stopped: bool) -> engine.EpochCallback:
+def epoch_end(run: Run, parts: Parts, logger: Optional[TBLogger], lines: Optional[EpochLog], logged: int,
+              stop_at: Optional[int], on_epoch: Optional[OnEpoch], record_stopped: bool) -> engine.EpochCallback:
     """The engine's epoch callback: log, checkpoint, ask on_epoch; returns a stop reason or None."""
+    first_epoch: Optional[int] = None  # the first epoch this process evaluates: the ETA's reference
+
     def on_epoch_end(state: engine.TrainState) -> Optional[str]:
-        nonlocal logged
+        nonlocal logged, first_epoch
         if run.env.is_main:
             logger.log_steps(state.steps, logged)
+            lr = state.steps["lr"][-1] if len(state.steps["lr"]) > logged else float("nan")
+            if first_epoch is None:
+                first_epoch = state.epoch
+            lines.epoch({**state.epochs[-1], "lr": lr}, len(state.steps["step"]) - logged, first_epoch)
             logged = len(state.steps["step"])
             logger.log_epoch(state.epochs[-1])
             save_checkpoint(run.dir / "checkpoint.pt", state, parts, run.run_id)
