@@ -15,7 +15,8 @@ from typing import Optional
 
 from runner.cli import add_set_option, command
 from runner.config import ConfigError, RunConfig, flatten, run_id
-from runner.launch.many import array_ranges, pending, run_indices, run_statuses
+from runner.launch.many import array_ranges, check_indices, pending, run_indices, run_statuses
+from runner.launch.pool import plan_jobs, run_parallel
 from runner.launch.validate import validate_run
 from runner.spec import expand_grid, load_spec, read_manifest, write_manifest
 
@@ -35,7 +36,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--run-index", type=int, action="append", help="run the run(s) at this index (array tasks)")
     p.add_argument("--run", action="store_true", help="run every pending run here, one after another")
     p.add_argument("--retry-failed", action="store_true", help="also rerun runs recorded as failed")
+    p.add_argument("--jobs", default="1", metavar="N|auto",
+                   help="with --run/--run-index: N runs at once here (auto: CPUs / threads per run)")
+    p.add_argument("--threads-per-run", type=int, default=None,
+                   help="with --jobs: torch threads of each run (default: train.num_threads, else CPUs / N)")
     args = p.parse_args(argv)
+    if args.jobs != "auto" and not (args.jobs.isdigit() and int(args.jobs) >= 1):
+        raise ConfigError("--jobs", args.jobs, "a positive integer or auto")
     runs, out, retry = load_runs(args)
     if args.write_manifest:
         write_manifest(args.write_manifest, runs, out, retry, source=args.spec or args.manifest)
@@ -54,6 +61,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.run and not indices:
         print(f"nothing to do: all {len(runs)} runs are done in {out}")
         return 0
+    check_indices(indices, len(runs))
+    if args.jobs != "1":
+        workers, threads = plan_jobs(args.jobs, [runs[i] for i in indices], args.threads_per_run)
+        if workers > 1:
+            return run_parallel(runs, indices, out, retry, workers, threads)
     return run_indices(runs, indices, out, retry)
 
 

@@ -7,7 +7,6 @@ another process holds (store.RunLocked) is handled the same way everywhere.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
@@ -51,10 +50,7 @@ def _summary(cfg: RunConfig, out: str | Path, status: str, error: str) -> dict:
 def run_indices(runs: list[RunConfig], indices: list[int], out: str | Path, retry_failed: bool) -> int:
     """Run runs[i] for each index here and print each result; exit code 1 if any failed, 2 on a bad index."""
     env = dist.from_environ()  # an srun step with several tasks: every rank runs the same runs
-    bad = [i for i in indices if not 0 <= i < len(runs)]
-    if bad:
-        print(f"error: --run-index: got {bad[0]}, expected 0..{len(runs) - 1}", file=sys.stderr)
-        return 2
+    check_indices(indices, len(runs))
     failures = 0
     results = run_each((runs[i] for i in indices), out, env, retry_failed=retry_failed)
     for i, result in zip(indices, results):
@@ -62,6 +58,13 @@ def run_indices(runs: list[RunConfig], indices: list[int], out: str | Path, retr
         if env.is_main:
             print(f"[{i}] " + format_result(result), flush=True)
     return 1 if failures else 0
+
+
+def check_indices(indices: list[int], n_runs: int) -> None:
+    """Every index names a run of the grid, or a ConfigError on --run-index."""
+    bad = [i for i in indices if not 0 <= i < n_runs]
+    if bad:
+        raise ConfigError("--run-index", bad[0], f"an index in 0..{n_runs - 1}")
 
 
 def run_statuses(runs: list[RunConfig], out: str | Path) -> list[Optional[str]]:

@@ -13,6 +13,7 @@ state into the RunRecord that store.write_run writes.
 from __future__ import annotations
 
 import datetime
+import functools
 import time
 import traceback
 from contextlib import nullcontext
@@ -24,7 +25,7 @@ import torch
 
 from runner import dist, store
 from runner.config import ConfigError, DataConfig, RunConfig, run_id
-from runner.data import Splits, load_dataset, split_dataset
+from runner.data import ImageSet, Splits, load_dataset, split_dataset
 from runner.data.augment import AugmentPolicy, policy_for
 from runner.launch.progress import EpochLog
 from runner.launch.provenance import provenance
@@ -142,9 +143,19 @@ def setup(run: Run) -> tuple[Parts, engine.TrainState]:
 
 
 def prepare_data(cfg: DataConfig) -> tuple[Splits, AugmentPolicy]:
-    """Load, split and pick the augmentation policy; raises ConfigError on bad data settings."""
-    ds = load_dataset(cfg)
+    """Load (once per process and data config), split and pick the augmentation policy.
+
+    Raises ConfigError on bad data settings. The loaded set is kept for the next run of
+    the same process (runner.grid --run, --jobs workers, packed tasks): most grids vary
+    everything but the data, and a fresh load is the largest fixed cost of a small run.
+    """
+    ds = _load_cached(cfg)
     return split_dataset(ds, cfg), policy_for(cfg, ds.meta.get("family", "folder"))
+
+
+@functools.lru_cache(maxsize=1)
+def _load_cached(cfg: DataConfig) -> ImageSet:
+    return load_dataset(cfg)  # splits index into it and copy: the cached set is never modified
 
 
 def build_run_parts(cfg: RunConfig, splits: Splits, policy: AugmentPolicy, env: dist.DistEnv,

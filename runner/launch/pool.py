@@ -1,0 +1,101 @@
+"""Several runs at once on this machine: `runner.grid --run --jobs N`.
+
+N worker processes (spawned, so each starts clean of this process's threads) take runs
+from a queue in order; each sets its own torch thread budget, and each run is still
+locked, resumable and written atomically by run_one. A worker keeps its imports and the
+data sets it loaded (launch.run.prepare_data caches per process), so only the first run
+in a worker pays for them. Ctrl-C reaches every worker (one process group): each run
+stops where it is, keeping its last epoch checkpoint, and the next launch resumes it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing
+import os
+import queue
+import signal
+import sys
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from runner.config import RunConfig
+from runner.launch.many import run_each
+from runner.launch.run import format_result
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use (a SLURM allocation or a taskset), not the machine's count."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def plan_jobs(jobs: str, runs: list[RunConfig], threads_per_run: Optional[int]) -> tuple[int, int]:
+    """(workers, threads per run) for `--jobs N|auto`: auto = CPUs ÷ threads per run.
+
+    Threads per run: --threads-per-run, else the runs' train.num_threads when they all set
+    one, else CPUs ÷ workers (at least 1).
+    """
+    cpus = available_cpus()
+    set_threads = {r.train.num_threads for r in runs}
+    threads = threads_per_run or (set_threads.pop() if len(set_threads) == 1 and 0 not in set_threads else None)
+    if jobs == "auto":
+        workers = max(1, cpus // (threads or 1))
+    else:
+        workers = int(jobs)
+    workers = max(1, min(workers, len(runs)))
+    return workers, threads or max(1, cpus // workers)
+
+
+def _worker(tasks, results, out: str, retry_failed: bool, threads: int) -> None:
+    """Take (index, config) from `tasks` until the None sentinel; put (index, summary) on `results`."""
+    torch.set_num_threads(threads)
+    try:
+        for i, cfg in iter(tasks.get, None):
+            results.put((i, next(run_each([cfg], out, progress=False, retry_failed=retry_failed))))
+    except KeyboardInterrupt:  # Ctrl-C: run_one has stopped the run (its last checkpoint stays)
+        pass
+
+
+def run_parallel(runs: list[RunConfig], indices: list[int], out: str | Path, retry_failed: bool,
+                 workers: int, threads: int) -> int:
+    """Run runs[i] for i in indices on `workers` processes of `threads` threads each; exit code as run_indices."""
+    # train.num_threads is execution-only (not part of run_id): setting it keeps every run's id
+    todo = [(i, dataclasses.replace(runs[i], train=dataclasses.replace(runs[i].train, num_threads=threads)))
+            for i in indices]
+    print(f"{len(todo)} runs on {workers} worker(s) x {threads} thread(s)", flush=True)
+    ctx = multiprocessing.get_context("spawn")
+    tasks, results = ctx.Queue(), ctx.Queue()
+    for item in todo:
+        tasks.put(item)
+    for _ in range(workers):
+        tasks.put(None)
+    procs = [ctx.Process(target=_worker, args=(tasks, results, str(out), retry_failed, threads), daemon=True)
+             for _ in range(workers)]
+    for proc in procs:
+        proc.start()
+    failures, done = 0, 0
+    try:
+        while done < len(todo):
+            try:
+                i, result = results.get(timeout=1.0)
+            except queue.Empty:
+                if not any(p.is_alive() for p in procs):
+                    print(f"error: every worker exited with {len(todo) - done} run(s) left", file=sys.stderr)
+                    return 1
+                continue
+            done += 1
+            failures += result["status"] == "failed"
+            print(f"[{i}] " + format_result(result), flush=True)
+    except KeyboardInterrupt:
+        for proc in procs:  # they share our process group at a terminal; a `kill -INT` reached only us
+            if proc.is_alive():
+                os.kill(proc.pid, signal.SIGINT)
+        for proc in procs:
+            proc.join(timeout=60)
+        print("interrupted: runs keep their last checkpoint; run the same command again to resume", file=sys.stderr)
+        return 130
+    for proc in procs:
+        proc.join()
+    return 1 if failures else 0
