@@ -19,8 +19,9 @@ from typing import Optional
 import numpy as np
 import pandas as pd
 
-from analysis.load import Runs, load_final, load_split_images
+from analysis.load import Runs, load_split_images
 from analysis.metrics import compute_metrics
+from runner.store import read_final
 
 MAX_INPUT_DIM = 256
 """LDA and NCA see at most this many PCA components of the pixels (the rest is noise and time)."""
@@ -115,7 +116,7 @@ def _baseline_table(runs: Runs, methods, cache_dir) -> pd.DataFrame:
         first = group.iloc[0]
         cfg_data = json.loads(first["config_json"])["data"]
         dims = sorted({int(d) for d in group["embedding.dim"]}) if "embedding.dim" in group else [2]
-        final = load_final(first["path"])
+        final = read_final(first["path"])
         key = _data_key(cfg_data, final["train"]["index"], final["test"]["index"], dims, methods)
         cached = Path(cache_dir) / f"baselines-{key}.csv" if cache_dir else None
         if cached is not None and cached.exists():

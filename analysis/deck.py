@@ -12,8 +12,9 @@ import numpy as np
 import pandas as pd
 
 from analysis import tables
-from analysis.load import METRIC_LABELS, load_final, load_history
+from analysis.load import METRIC_LABELS, load_history
 from analysis.slides import Slide, table_figure
+from runner.store import read_final
 
 TOP_ROWS = 9
 
@@ -174,7 +175,7 @@ def hierarchy_slide(res) -> Slide:
 def retrieval_slide(res, k: int, n_queries: int) -> Slide:
     from analysis.retrieve import gallery_figure, pick_queries
     best = res.chosen["best"]
-    final = load_final(best["path"])
+    final = read_final(best["path"])
     queries = pick_queries(final, n_queries)
     from analysis.retrieve import neighbours
     confusions = pd.Series([(int(final["test"]["labels"][q]), int(neighbours(final, q, 1)["labels"][0]))

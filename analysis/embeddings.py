@@ -12,7 +12,8 @@ import warnings
 
 import numpy as np
 
-from analysis.load import load_data_info, load_snapshot, load_snapshot_epochs
+from analysis.load import load_data_info
+from runner.store import read_epoch, stored_epochs
 
 MAX_POINTS = 2000
 """Points per projection (train + test); t-SNE and UMAP time grows fast beyond this."""
@@ -51,11 +52,11 @@ def project(emb: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
 
 def project_run(path: str, method: str, epochs=None, max_points: int = MAX_POINTS, seed: int = 0) -> dict:
     """{epoch: {"train": (xy, labels), "test": (xy, labels)}} for the first and last stored epochs."""
-    stored = load_snapshot_epochs(path)
+    stored = stored_epochs(path)
     epochs = epochs if epochs is not None else sorted({stored[0], stored[-1]}) if stored else []
     out = {}
     for epoch in epochs:
-        snap = load_snapshot(path, epoch)
+        snap = read_epoch(path, epoch)
         parts, labels, rows = [], {}, {}
         n_total = sum(len(s["labels"]) for s in snap.values())
         for split in ("train", "test"):
@@ -126,5 +127,5 @@ def class_names_of(path: str) -> list[str]:
     info = load_data_info(path)
     if info["class_names"]:
         return info["class_names"]
-    snap = load_snapshot(path, load_snapshot_epochs(path)[-1])
+    snap = read_epoch(path, stored_epochs(path)[-1])
     return [str(i) for i in range(int(max(s["labels"].max() for s in snap.values())) + 1)]

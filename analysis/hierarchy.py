@@ -16,14 +16,15 @@ import pandas as pd
 from scipy.cluster.hierarchy import cophenet, dendrogram, linkage
 from scipy.spatial.distance import pdist
 
-from analysis.load import load_data_info, load_final, load_split_images
+from analysis.load import load_data_info, load_split_images
+from runner.store import read_final
 
 N_PERMUTATIONS = 999
 
 
 def class_means(path: str) -> tuple[np.ndarray, np.ndarray]:
     """(class ids present, C×d means) over the final train and test embeddings."""
-    fin = load_final(path)
+    fin = read_final(path)
     emb = np.concatenate([fin[s]["embeddings"] for s in fin])
     labels = np.concatenate([fin[s]["labels"] for s in fin])
     classes = np.unique(labels)
@@ -67,7 +68,7 @@ def run_hierarchy(path: str, permutations: int = N_PERMUTATIONS) -> dict:
 def pixel_agreement(path: str) -> dict | None:
     """The same numbers for raw-pixel class means of the run's split (None when images are unavailable)."""
     info = load_data_info(path)
-    fin = load_final(path)
+    fin = read_final(path)
     index = np.concatenate([fin[s]["index"] for s in fin])
     labels = np.concatenate([fin[s]["labels"] for s in fin])
     images = load_split_images(info["config"]["data"], index)

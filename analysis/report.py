@@ -21,13 +21,14 @@ from typing import Optional
 import pandas as pd
 
 from analysis import tables
-from analysis.load import METRIC_LABELS, METRICS, Runs, load_runs
+from analysis.load import METRIC_LABELS, Runs, load_runs
+from runner.store import METRIC_NAMES
 
 
 @dataclass
 class Options:
     metric: str = "map_at_r"
-    """Metric that ranks configurations and picks the runs shown (any of METRICS)."""
+    """Metric that ranks configurations and picks the runs shown (any of METRIC_NAMES)."""
     methods: tuple = ("tsne", "umap")
     """2-D projections drawn (slides 6 and 7)."""
     baselines: bool = True
@@ -144,7 +145,7 @@ def write_tables(res: Results, out: Path, metric: str) -> list[Path]:
     if not res.openset.empty:
         paths += tables.write_table(res.openset, res.openset.round(3), tdir, "openset",
                                     "Softmax on frozen embeddings and open-set rejection (Gini threshold)")
-    cols = ["run_id", "status", "config_label", "seed", *METRICS, "metrics_diff", "n_steps", "path"]
+    cols = ["run_id", "status", "config_label", "seed", *METRIC_NAMES, "metrics_diff", "n_steps", "path"]
     res.runs.table[[c for c in cols if c in res.runs.table]].to_csv(tdir / "runs.csv", index=False)
     pd.DataFrame(res.runs.skipped, columns=["path", "reason"]).to_csv(tdir / "skipped.csv", index=False)
     return paths + [tdir / "runs.csv", tdir / "skipped.csv"]
@@ -190,7 +191,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
     p.add_argument("results", help="results directory (every run.h5 below it is read)")
     p.add_argument("--out", default="report", help="output directory (default: report/)")
-    p.add_argument("--metric", default="map_at_r", choices=METRICS, help="metric that ranks configurations")
+    p.add_argument("--metric", default="map_at_r", choices=METRIC_NAMES, help="metric that ranks configurations")
     p.add_argument("--no-umap", action="store_true", help="t-SNE only (UMAP compiles for ~20 s on first use)")
     p.add_argument("--no-baselines", action="store_true", help="skip raw/PCA/LDA/NCA (they reload the data set)")
     p.add_argument("--no-tensorboard", action="store_true", help="do not write REPORT/tensorboard")

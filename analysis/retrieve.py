@@ -15,7 +15,8 @@ from typing import Optional
 
 import numpy as np
 
-from analysis.load import load_data_info, load_final, load_split_images
+from analysis.load import load_data_info, load_split_images
+from runner.store import read_final
 
 
 def resolve_run(path: str | Path) -> Path:
@@ -60,7 +61,7 @@ def _show(ax, image: Optional[np.ndarray]) -> None:
 
 def gallery_figure(fig, path: str | Path, queries: list[int], k: int = 5):
     """Rows: queries; columns: the query and its k nearest training images (distance, label)."""
-    final = load_final(path)
+    final = read_final(path)
     info = load_data_info(path)
     names = info["class_names"] or [str(i) for i in range(int(final["train"]["labels"].max()) + 1)]
     results = [neighbours(final, q, k) for q in queries]
@@ -95,7 +96,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--out", default=None, help="gallery PNG (default ./retrieval_<run_id>_q<I>.png)")
     args = p.parse_args(argv)
     path = resolve_run(args.run)
-    final = load_final(path)
+    final = read_final(path)
     names = load_data_info(path)["class_names"]
     n_test = len(final["test"]["labels"])
     if any(not 0 <= q < n_test for q in args.query):

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis.load import METRICS, Runs, load_data_info, load_final, load_history, load_split_images
+from analysis.load import Runs, load_data_info, load_history, load_split_images
+from runner.store import METRIC_NAMES, read_final
 
 SPRITE_LIMIT_PX = 8192
 MAX_PROJECTOR_POINTS = 1000
@@ -37,7 +38,7 @@ def write_hparams(runs: Runs, logdir: str | Path, scalars: bool = True) -> Path:
     for _, run in runs.table.iterrows():
         hp = {c: _hparam_value(run[c]) for c in runs.config_columns if c != "data.root"}
         hp["status"] = run["status"]
-        metrics = {f"hparam/{m}": float(run[m]) for m in METRICS if np.isfinite(run.get(m, np.nan))}
+        metrics = {f"hparam/{m}": float(run[m]) for m in METRIC_NAMES if np.isfinite(run.get(m, np.nan))}
         with SummaryWriter(str(logdir / run["run_id"])) as writer:
             writer.add_hparams(hp, metrics, run_name=".")
             if scalars:
@@ -57,7 +58,7 @@ def write_projector(paths: dict, logdir: str | Path, max_points: int = MAX_PROJE
     logdir = Path(logdir) / "projector"
     with SummaryWriter(str(logdir)) as writer:
         for label, path in paths.items():
-            final, info = load_final(path), load_data_info(path)
+            final, info = read_final(path), load_data_info(path)
             test = final["test"]
             keep = np.sort(np.random.default_rng(0).permutation(len(test["labels"]))[:max_points])
             names = info["class_names"] or []
