@@ -12,7 +12,7 @@ from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
 from analysis import baselines, hierarchy, openset, tables
 from analysis.load import load_runs
 from runner.store import METRIC_NAMES, read_final
-from analysis.synthetic import write_grid
+from tests.fixtures.fake_runs import write_grid
 
 VARIANTS = [
     {"loss": {"name": "ContrastiveLoss", "margin": 0.5}, "miner": {"name": None}},
@@ -31,7 +31,7 @@ def grid_configs(dims=(2, 8), seeds=(0, 1), data=None, epochs=4):
 
 
 def make_grid(out, broken: bool = True):
-    """16 synthetic runs (4 variants × dims 2, 8 × seeds 0, 1) + a stopped, a failed and two corrupt files."""
+    """16 fake runs (4 variants × dims 2, 8 × seeds 0, 1) + a stopped, a failed and two corrupt files."""
     configs = grid_configs()
     paths = write_grid(out, configs)
     if broken:
@@ -46,7 +46,7 @@ def make_grid(out, broken: bool = True):
 
 
 def shared_grid(tmp_path_factory):
-    """One synthetic grid per test session (both analysis test modules read it, neither writes it)."""
+    """One fake grid per test session (both analysis test modules read it, neither writes it)."""
     out = tmp_path_factory.getbasetemp() / "analysis_grid"
     if not out.exists():
         make_grid(out)

@@ -1,4 +1,4 @@
-"""python -m analysis.report end to end on a small synthetic grid: PDF pages, figures, Marp, tables, TensorBoard."""
+"""python -m analysis.report end to end on a small grid of fake runs: PDF pages, figures, Marp, tables, TensorBoard."""
 
 import re
 import warnings
