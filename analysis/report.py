@@ -160,7 +160,7 @@ def build_report(results_dir: str | Path, out: str | Path, opts: Optional[Option
 
 
 def _build(results_dir, out: Path, opts: Options) -> dict:
-    from analysis import deck, slides as sl
+    from analysis import questions, render
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     res = analyse(results_dir, out, opts)
@@ -168,11 +168,11 @@ def _build(results_dir, out: Path, opts: Options) -> dict:
     with timed(timings, "tables_write_s"):
         table_paths = write_tables(res, out, opts.metric)
     with timed(timings, "slides_s"):
-        deck_slides = deck.make_slides(res, opts)
-        pdf = sl.write_pdf(deck_slides, out / "report.pdf")
-        md = sl.write_marp(deck_slides, out)
+        slides = questions.make_slides(res, opts)
+        pdf = render.write_pdf(slides, out / "report.pdf")
+        md = render.write_marp(slides, out)
     if opts.tensorboard:
-        from analysis.tb import write_tensorboard
+        from analysis.tensorboard import write_tensorboard
         with timed(timings, "tensorboard_s"):
             picks = {}
             for role, row in res.chosen.items():  # one projector entry per run, named by its first role
@@ -184,7 +184,7 @@ def _build(results_dir, out: Path, opts: Options) -> dict:
     timings["n_runs"] = len(res.runs.table)
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
     return {"pdf": pdf, "markdown": md, "tables": table_paths, "figures": sorted((out / "figures").glob("*.png")),
-            "slides": len(deck_slides), "timings": timings, "skipped": res.runs.skipped}
+            "slides": len(slides), "timings": timings, "skipped": res.runs.skipped}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

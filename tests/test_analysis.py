@@ -212,7 +212,7 @@ def test_real_training_run_loads_and_reports(tmp_path):
     assert runs.table["metrics_diff"].iloc[0] < 1e-5 and runs.table["n_steps"].iloc[0] > 0
     # and a report of that single run still has its ten slides
     from analysis import report
-    from analysis.slides import count_pdf_pages
+    from analysis.render import count_pdf_pages
     out = report.build_report(tmp_path, tmp_path / "report", report.Options(
         methods=(), baselines=False, tensorboard=False))
     assert out["slides"] == 10 and count_pdf_pages(out["pdf"]) == 10

@@ -13,7 +13,7 @@ import pandas as pd
 
 from analysis import tables
 from analysis.load import METRIC_LABELS, load_history
-from analysis.slides import Slide, table_figure
+from analysis.render import Slide, table_figure
 from runner.store import read_final
 
 TOP_ROWS = 9
