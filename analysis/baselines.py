@@ -18,6 +18,10 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
+from sklearn.decomposition import PCA
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from sklearn.neighbors import NeighborhoodComponentsAnalysis
+from threadpoolctl import threadpool_limits
 
 from analysis.load import Runs, load_split_images
 from analysis.metrics import compute_metrics
@@ -51,9 +55,6 @@ def _stratified_subsample(labels: np.ndarray, n_max: int, seed: int = 0) -> np.n
 
 def _fit_transform(method: str, dim: int, x_tr, y_tr, x_te):
     """(train, test) embeddings of one baseline and the dim actually used."""
-    from sklearn.decomposition import PCA
-    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-    from sklearn.neighbors import NeighborhoodComponentsAnalysis
     if method == "raw":
         return x_tr, x_te, x_tr.shape[1]
     if method == "pca":
@@ -101,7 +102,6 @@ def _data_key(cfg_data: dict, idx_tr: np.ndarray, idx_te: np.ndarray, dims, meth
 
 def baseline_table(runs: Runs, methods=METHODS, cache_dir: Optional[str | Path] = None) -> pd.DataFrame:
     """Baselines for every data config (and split) of the grid, at the grid's dims."""
-    from threadpoolctl import threadpool_limits
     with threadpool_limits(1):  # small fits: extra BLAS threads cost CPU, not time
         return _baseline_table(runs, methods, cache_dir)
 

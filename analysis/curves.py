@@ -6,6 +6,7 @@ code makes the stand-alone PNG (figures/) and the slide page (report.pdf).
 
 from __future__ import annotations
 
+import matplotlib
 import numpy as np
 import pandas as pd
 
@@ -48,7 +49,6 @@ def pick_curve_configs(runs: Runs, dim=None, max_configs: int = MAX_CURVES) -> p
 
 
 def _config_colours(labels: list[str]) -> dict:
-    import matplotlib
     cmap = matplotlib.colormaps["tab10"]
     return {lab: cmap(i % 10) for i, lab in enumerate(sorted(labels))}
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from matplotlib.patches import Patch
 from scipy.cluster.hierarchy import cophenet, dendrogram, linkage
 from scipy.spatial.distance import pdist
 
+from analysis.embeddings import class_colours
 from analysis.load import load_data_info, load_split_images
 from runner.store import read_final
 
@@ -103,7 +105,6 @@ def closest_pairs(means: np.ndarray, names: list[str], n: int = 5) -> list[tuple
 
 def dendrogram_figure(fig, h: dict, title: str = ""):
     """Dendrogram of class means; leaf labels coloured by their known parent."""
-    from analysis.embeddings import class_colours
     ax = fig.subplots(1, 1)
     z = linkage(pdist(h["means"]), method="average")
     many = len(h["names"]) > 20
@@ -115,7 +116,6 @@ def dendrogram_figure(fig, h: dict, title: str = ""):
         by_name = dict(zip(h["names"], h["parents"]))
         for label in ax.get_xmajorticklabels():
             label.set_color(colours[by_name[label.get_text()]])
-        from matplotlib.patches import Patch
         ax.legend(handles=[Patch(color=colours[f], label=f) for f in families], fontsize="x-small",
                   loc="upper right", ncol=2, title="known parent (label colour)", title_fontsize="x-small")
     ax.set_ylabel("distance between class means")

@@ -19,9 +19,12 @@ from pathlib import Path
 from typing import Optional
 
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
-from analysis import tables
+from analysis import baselines, hierarchy, openset, questions, render, tables
+from analysis.embeddings import project_run
 from analysis.load import METRIC_LABELS, Runs, load_runs
+from analysis.tensorboard import write_tensorboard
 from runner.store import METRIC_NAMES
 
 
@@ -91,14 +94,13 @@ def choose_runs(runs: Runs, configs: pd.DataFrame, metric: str) -> dict:
 
 
 def analyse(results_dir: str | Path, out: Path, opts: Options) -> Results:
-    from analysis import baselines as bl, hierarchy, openset
     timings: dict = {}
     with timed(timings, "load_s"):
         runs = load_runs(results_dir)
     if runs.table.empty or not (runs.table["status"] == "completed").any():
         raise SystemExit(f"no completed runs under {results_dir}")
     with timed(timings, "baselines_s"):
-        base = bl.baseline_table(runs, cache_dir=opts.cache_dir or out / "cache") if opts.baselines else pd.DataFrame()
+        base = baselines.baseline_table(runs, cache_dir=opts.cache_dir or out / "cache") if opts.baselines else pd.DataFrame()
     with timed(timings, "tables_s"):
         configs = tables.with_baselines(tables.config_table(runs), base)
         paired = tables.paired_comparisons(runs, metrics=tuple(dict.fromkeys(("knn1", opts.metric))))
@@ -119,7 +121,6 @@ def analyse(results_dir: str | Path, out: Path, opts: Options) -> Results:
 
 def project_chosen(chosen: dict, opts: Options) -> dict:
     """method -> projection of the best run (epoch 0 and final); 'dim2' -> the d=2 run as it is."""
-    from analysis.embeddings import project_run
     out = {}
     for method in opts.methods:
         try:
@@ -153,14 +154,12 @@ def write_tables(res: Results, out: Path, metric: str) -> list[Path]:
 
 def build_report(results_dir: str | Path, out: str | Path, opts: Optional[Options] = None) -> dict:
     """Analyse, write tables, figures, slides and TensorBoard logs; returns paths and timings."""
-    from threadpoolctl import threadpool_limits
     opts = opts or Options()
     with threadpool_limits(opts.threads):
         return _build(results_dir, Path(out), opts)
 
 
 def _build(results_dir, out: Path, opts: Options) -> dict:
-    from analysis import questions, render
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     res = analyse(results_dir, out, opts)
@@ -172,7 +171,6 @@ def _build(results_dir, out: Path, opts: Options) -> dict:
         pdf = render.write_pdf(slides, out / "report.pdf")
         md = render.write_marp(slides, out)
     if opts.tensorboard:
-        from analysis.tensorboard import write_tensorboard
         with timed(timings, "tensorboard_s"):
             picks = {}
             for role, row in res.chosen.items():  # one projector entry per run, named by its first role

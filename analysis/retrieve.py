@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from analysis.load import load_data_info, load_split_images
 from runner.store import read_final
@@ -108,14 +109,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         for rank, (row, d, lab, src) in enumerate(zip(r["rows"], r["distances"], r["labels"], r["index"]), 1):
             mark = "✓" if lab == r["label"] else "✗"
             print(f"  {rank:2d}. train #{row:<5d} index {src:<6d} class {names[lab] if names else lab:<12} d={d:.4f} {mark}")
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig = plt.figure(figsize=(1.9 * (args.k + 1), 2.1 * len(args.query) + 0.3))
+    fig = Figure(figsize=(1.9 * (args.k + 1), 2.1 * len(args.query) + 0.3))  # no pyplot: no backend to pick
     gallery_figure(fig, path, args.query, args.k)
     out = Path(args.out) if args.out else Path(f"retrieval_{path.parent.name}_q{'_'.join(map(str, args.query))}.png")
     fig.savefig(out, dpi=120)
-    plt.close(fig)
     print(f"gallery: {out}")
     return 0
 
