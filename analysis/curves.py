@@ -10,7 +10,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from analysis.load import METRIC_LABELS, Runs, load_history
+from analysis.load import METRIC_LABELS, Runs, load_history, short_loss_name
 
 LOSS_NOTE = ("Raw loss values of different losses are not comparable (different formulas and margins): "
              "compare each loss with itself; the active fraction and distances are loss-independent.")
@@ -114,7 +114,7 @@ def sweep_lines(table: pd.DataFrame, x: str) -> dict:
 
 def _short(col: str, value: str) -> str:
     if col == "loss.name":
-        return value.replace("MarginLoss", "").replace("Loss", "")
+        return short_loss_name(value)
     if col == "miner.name":
         return "no miner" if value in ("None", "nan") else "+" + value.replace("Miner", "")
     return {"loss.margin": "m=", "embedding.dim": "d="}.get(col, col + "=") + value

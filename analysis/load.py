@@ -171,10 +171,15 @@ SHORT = {"loss.name": "", "miner.name": "", "loss.margin": "m=", "embedding.dim"
 LABEL_ORDER = ("data.name", "loss.name", "miner.name", "loss.margin", "embedding.dim")
 
 
+def short_loss_name(name: str) -> str:
+    """TripletMarginLoss -> Triplet, ContrastiveLoss -> Contrastive (labels, legends, answers)."""
+    return name.replace("MarginLoss", "").replace("Loss", "")
+
+
 def _short_value(key: str, value) -> str:
     text = "none" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
     if key == "loss.name":
-        text = text.replace("MarginLoss", "").replace("Loss", "")
+        text = short_loss_name(text)
     if key == "miner.name":
         text = "no miner" if text in ("none", "None") else "+" + text.replace("Miner", "")
     return text

@@ -15,7 +15,7 @@ from analysis import metrics, tables
 from analysis.curves import is_swept, loss_figure, pick_curve_configs, sweep_figure
 from analysis.embeddings import class_names_of, embedding_figure
 from analysis.hierarchy import closest_pairs, dendrogram_figure
-from analysis.load import METRIC_LABELS, load_history
+from analysis.load import METRIC_LABELS, load_history, short_loss_name
 from analysis.openset import openset_figure
 from analysis.render import Slide, table_figure
 from analysis.retrieve import gallery_figure, neighbours, pick_queries
@@ -102,7 +102,7 @@ def sweep_slide(res, metric: str) -> Slide:
     for x, word in (("embedding.dim", "dim"), ("loss.margin", "margin")):
         if is_swept(runs, x):
             best = runs.loc[runs.groupby("loss.name")[f"{metric}_mean"].idxmax()]
-            parts.append(f"best {word}: " + ", ".join(f"{r['loss.name'].replace('MarginLoss', '').replace('Loss', '')} "
+            parts.append(f"best {word}: " + ", ".join(f"{short_loss_name(r['loss.name'])} "
                                                        f"{r[x]:g}" for _, r in best.iterrows()))
     if "embedding.dim" in runs and (runs["embedding.dim"] == 2).any() and runs["embedding.dim"].nunique() > 1:
         gap = runs[f"{metric}_mean"].max() - runs.loc[runs["embedding.dim"] == 2, f"{metric}_mean"].max()
