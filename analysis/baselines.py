@@ -25,7 +25,7 @@ from threadpoolctl import threadpool_limits
 
 from analysis.load import Runs, load_split_images
 from analysis.metrics import compute_metrics
-from runner.store import read_final
+from runner.store import atomic_write, read_final
 
 MAX_INPUT_DIM = 256
 """LDA and NCA see at most this many PCA components of the pixels (the rest is noise and time)."""
@@ -128,9 +128,8 @@ def _baseline_table(runs: Runs, methods, cache_dir) -> pd.DataFrame:
                 continue
             df = baselines_for_split(images_tr, final["train"]["labels"], images_te, final["test"]["labels"],
                                      dims, methods)
-            if cached is not None:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                df.to_csv(cached, index=False)
+            if cached is not None:  # read back by the next report: never half-written
+                atomic_write(cached, df.to_csv(index=False))
         df["dim_note"] = [x if isinstance(x, str) else "" for x in df["dim_note"]]
         for c in data_cols:
             df[c] = first[c]
