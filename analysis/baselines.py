@@ -18,9 +18,14 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
+from sklearn.decomposition import PCA
+from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+from sklearn.neighbors import NeighborhoodComponentsAnalysis
+from threadpoolctl import threadpool_limits
 
-from analysis.load import Runs, load_final, load_split_images
+from analysis.load import Runs, load_split_images
 from analysis.metrics import compute_metrics
+from runner.store import atomic_write, read_final
 
 MAX_INPUT_DIM = 256
 """LDA and NCA see at most this many PCA components of the pixels (the rest is noise and time)."""
@@ -50,9 +55,6 @@ def _stratified_subsample(labels: np.ndarray, n_max: int, seed: int = 0) -> np.n
 
 def _fit_transform(method: str, dim: int, x_tr, y_tr, x_te):
     """(train, test) embeddings of one baseline and the dim actually used."""
-    from sklearn.decomposition import PCA
-    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
-    from sklearn.neighbors import NeighborhoodComponentsAnalysis
     if method == "raw":
         return x_tr, x_te, x_tr.shape[1]
     if method == "pca":
@@ -100,7 +102,6 @@ def _data_key(cfg_data: dict, idx_tr: np.ndarray, idx_te: np.ndarray, dims, meth
 
 def baseline_table(runs: Runs, methods=METHODS, cache_dir: Optional[str | Path] = None) -> pd.DataFrame:
     """Baselines for every data config (and split) of the grid, at the grid's dims."""
-    from threadpoolctl import threadpool_limits
     with threadpool_limits(1):  # small fits: extra BLAS threads cost CPU, not time
         return _baseline_table(runs, methods, cache_dir)
 
@@ -115,7 +116,7 @@ def _baseline_table(runs: Runs, methods, cache_dir) -> pd.DataFrame:
         first = group.iloc[0]
         cfg_data = json.loads(first["config_json"])["data"]
         dims = sorted({int(d) for d in group["embedding.dim"]}) if "embedding.dim" in group else [2]
-        final = load_final(first["path"])
+        final = read_final(first["path"])
         key = _data_key(cfg_data, final["train"]["index"], final["test"]["index"], dims, methods)
         cached = Path(cache_dir) / f"baselines-{key}.csv" if cache_dir else None
         if cached is not None and cached.exists():
@@ -127,9 +128,8 @@ def _baseline_table(runs: Runs, methods, cache_dir) -> pd.DataFrame:
                 continue
             df = baselines_for_split(images_tr, final["train"]["labels"], images_te, final["test"]["labels"],
                                      dims, methods)
-            if cached is not None:
-                cached.parent.mkdir(parents=True, exist_ok=True)
-                df.to_csv(cached, index=False)
+            if cached is not None:  # read back by the next report: never half-written
+                atomic_write(cached, df.to_csv(index=False))
         df["dim_note"] = [x if isinstance(x, str) else "" for x in df["dim_note"]]
         for c in data_cols:
             df[c] = first[c]

@@ -6,10 +6,11 @@ code makes the stand-alone PNG (figures/) and the slide page (report.pdf).
 
 from __future__ import annotations
 
+import matplotlib
 import numpy as np
 import pandas as pd
 
-from analysis.load import METRIC_LABELS, Runs, load_history
+from analysis.load import METRIC_LABELS, Runs, load_history, short_loss_name
 
 LOSS_NOTE = ("Raw loss values of different losses are not comparable (different formulas and margins): "
              "compare each loss with itself; the active fraction and distances are loss-independent.")
@@ -48,7 +49,6 @@ def pick_curve_configs(runs: Runs, dim=None, max_configs: int = MAX_CURVES) -> p
 
 
 def _config_colours(labels: list[str]) -> dict:
-    import matplotlib
     cmap = matplotlib.colormaps["tab10"]
     return {lab: cmap(i % 10) for i, lab in enumerate(sorted(labels))}
 
@@ -114,7 +114,7 @@ def sweep_lines(table: pd.DataFrame, x: str) -> dict:
 
 def _short(col: str, value: str) -> str:
     if col == "loss.name":
-        return value.replace("MarginLoss", "").replace("Loss", "")
+        return short_loss_name(value)
     if col == "miner.name":
         return "no miner" if value in ("None", "nan") else "+" + value.replace("Miner", "")
     return {"loss.margin": "m=", "embedding.dim": "d="}.get(col, col + "=") + value

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import warnings
 
+import matplotlib
+import matplotlib.patheffects as pe
 import numpy as np
+from sklearn.manifold import TSNE
 
-from analysis.load import load_data_info, load_snapshot, load_snapshot_epochs
+from analysis.load import load_data_info
+from runner.store import read_epoch, stored_epochs
 
 MAX_POINTS = 2000
 """Points per projection (train + test); t-SNE and UMAP time grows fast beyond this."""
@@ -37,13 +41,12 @@ def project(emb: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
     if emb.shape[1] <= 2:
         return np.pad(emb, ((0, 0), (0, 2 - emb.shape[1])))
     if method == "tsne":
-        from sklearn.manifold import TSNE
         perplexity = float(min(30.0, max(2.0, (len(emb) - 1) / 3.5)))
         return TSNE(2, init="pca", perplexity=perplexity, max_iter=500, random_state=seed).fit_transform(emb)
     if method == "umap":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # n_jobs=1 with a random_state, numba notices
-            import umap
+            import umap  # optional extra (umap-learn); importing it costs seconds of numba set-up
             return umap.UMAP(n_neighbors=min(15, len(emb) - 1), min_dist=0.1, random_state=seed,
                              n_jobs=1).fit_transform(emb)
     raise ValueError(f"unknown projection {method!r}: tsne or umap")
@@ -51,11 +54,11 @@ def project(emb: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
 
 def project_run(path: str, method: str, epochs=None, max_points: int = MAX_POINTS, seed: int = 0) -> dict:
     """{epoch: {"train": (xy, labels), "test": (xy, labels)}} for the first and last stored epochs."""
-    stored = load_snapshot_epochs(path)
+    stored = stored_epochs(path)
     epochs = epochs if epochs is not None else sorted({stored[0], stored[-1]}) if stored else []
     out = {}
     for epoch in epochs:
-        snap = load_snapshot(path, epoch)
+        snap = read_epoch(path, epoch)
         parts, labels, rows = [], {}, {}
         n_total = sum(len(s["labels"]) for s in snap.values())
         for split in ("train", "test"):
@@ -74,7 +77,6 @@ def project_run(path: str, method: str, epochs=None, max_points: int = MAX_POINT
 
 
 def class_colours(n: int) -> list:
-    import matplotlib
     if n <= 10:
         return [matplotlib.colormaps["tab10"](i) for i in range(n)]
     if n <= 20:
@@ -85,7 +87,6 @@ def class_colours(n: int) -> list:
 
 def scatter(ax, xy: np.ndarray, labels: np.ndarray, class_names: list[str], point_size: float = 6.0) -> None:
     """One colour per class; class names (or ids when names are long) at the class medians."""
-    import matplotlib.patheffects as pe
     colours = class_colours(len(class_names))
     ax.scatter(xy[:, 0], xy[:, 1], c=[colours[int(c) % len(colours)] for c in labels], s=point_size,
                linewidths=0, alpha=0.8, rasterized=True)
@@ -126,5 +127,5 @@ def class_names_of(path: str) -> list[str]:
     info = load_data_info(path)
     if info["class_names"]:
         return info["class_names"]
-    snap = load_snapshot(path, load_snapshot_epochs(path)[-1])
+    snap = read_epoch(path, stored_epochs(path)[-1])
     return [str(i) for i in range(int(max(s["labels"].max() for s in snap.values())) + 1)]

@@ -13,17 +13,20 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+from matplotlib.patches import Patch
 from scipy.cluster.hierarchy import cophenet, dendrogram, linkage
 from scipy.spatial.distance import pdist
 
-from analysis.load import load_data_info, load_final, load_split_images
+from analysis.embeddings import class_colours
+from analysis.load import load_data_info, load_split_images
+from runner.store import read_final
 
 N_PERMUTATIONS = 999
 
 
 def class_means(path: str) -> tuple[np.ndarray, np.ndarray]:
     """(class ids present, C×d means) over the final train and test embeddings."""
-    fin = load_final(path)
+    fin = read_final(path)
     emb = np.concatenate([fin[s]["embeddings"] for s in fin])
     labels = np.concatenate([fin[s]["labels"] for s in fin])
     classes = np.unique(labels)
@@ -67,7 +70,7 @@ def run_hierarchy(path: str, permutations: int = N_PERMUTATIONS) -> dict:
 def pixel_agreement(path: str) -> dict | None:
     """The same numbers for raw-pixel class means of the run's split (None when images are unavailable)."""
     info = load_data_info(path)
-    fin = load_final(path)
+    fin = read_final(path)
     index = np.concatenate([fin[s]["index"] for s in fin])
     labels = np.concatenate([fin[s]["labels"] for s in fin])
     images = load_split_images(info["config"]["data"], index)
@@ -102,7 +105,6 @@ def closest_pairs(means: np.ndarray, names: list[str], n: int = 5) -> list[tuple
 
 def dendrogram_figure(fig, h: dict, title: str = ""):
     """Dendrogram of class means; leaf labels coloured by their known parent."""
-    from analysis.embeddings import class_colours
     ax = fig.subplots(1, 1)
     z = linkage(pdist(h["means"]), method="average")
     many = len(h["names"]) > 20
@@ -114,7 +116,6 @@ def dendrogram_figure(fig, h: dict, title: str = ""):
         by_name = dict(zip(h["names"], h["parents"]))
         for label in ax.get_xmajorticklabels():
             label.set_color(colours[by_name[label.get_text()]])
-        from matplotlib.patches import Patch
         ax.legend(handles=[Patch(color=colours[f], label=f) for f in families], fontsize="x-small",
                   loc="upper right", ncol=2, title="known parent (label colour)", title_fontsize="x-small")
     ax.set_ylabel("distance between class means")

@@ -1,6 +1,7 @@
 """run.h5 files -> one DataFrame, one row per run_id (config columns + metrics + status).
 
-Only HDF5 is read here (docs/hdf5.md); nothing is trained or re-run. Unreadable,
+Only HDF5 is read here, through runner.store's readers (docs/hdf5.md); nothing is
+trained or re-run. Unreadable,
 truncated and failed files are skipped with one warning that lists them. Metrics are
 recomputed from the stored final embeddings (analysis.metrics) and checked against
 the `metrics` attribute the run stored.
@@ -15,13 +16,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Optional
 
-import h5py
 import numpy as np
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
+from analysis.metrics import compute_metrics
 from runner import store
+from runner.config import DataConfig, flatten
+from runner.data import ImageSet, load_dataset
+from runner.store import METRIC_NAMES
 
-METRICS = ("knn1", "knn5", "ncm", "p_at_1", "r_precision", "map_at_r")
 METRIC_LABELS = {"knn1": "kNN-1", "knn5": "kNN-5", "ncm": "NCM", "p_at_1": "P@1",
                  "r_precision": "R-prec", "map_at_r": "MAP@R"}
 RUN_SPECIFIC = ("seed", "train.device", "train.num_threads", "train.deterministic")
@@ -45,18 +49,10 @@ class Runs:
         return varying_columns(self.table, self.config_columns)
 
 
-def flatten(d: dict, prefix: str = "") -> dict:
-    """{'loss': {'name': 'x'}} -> {'loss.name': 'x'}; dicts inside `params` stay JSON strings."""
-    out = {}
-    for key, value in d.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and key != "params":
-            out.update(flatten(value, f"{name}."))
-        elif isinstance(value, (dict, list)):
-            out[name] = json.dumps(value, sort_keys=True)
-        else:
-            out[name] = value
-    return out
+def config_row(cfg: dict) -> dict:
+    """Dotted config columns (runner.config.flatten); a mapping or list is one JSON cell (sorted keys)."""
+    return {key: json.dumps(value, sort_keys=True) if isinstance(value, (dict, list)) else value
+            for key, value in flatten(cfg).items()}
 
 
 def find_run_files(root: str | Path) -> list[Path]:
@@ -76,19 +72,17 @@ def _read_row(path: Path) -> dict:
     cfg = attrs.get("config")
     if not isinstance(cfg, dict):
         raise store.CorruptRun(f"{path}: no config")
-    row = flatten(cfg)
+    row = config_row(cfg)
     row["_config_keys"] = list(row)
     row["config_json"] = json.dumps(cfg, sort_keys=True)
-    with h5py.File(path, "r") as f:
-        has_final = all(k in f for k in store.REQUIRED)
-        n_steps = len(f["history/steps/loss"]) if "history/steps/loss" in f else 0
-        data = f.get("data")
-        row["family"] = str(data.attrs.get("family", cfg.get("data", {}).get("name", ""))) if data is not None else ""
-        row["n_classes"] = len(data["class_names"]) if data is not None and "class_names" in data else np.nan
+    data = store.read_data_info(path)
+    row["family"] = str(data.get("family", cfg.get("data", {}).get("name", "")))
+    row["n_classes"] = len(data["class_names"]) if "class_names" in data else np.nan
     stored = attrs.get("metrics") if isinstance(attrs.get("metrics"), dict) else {}
-    row.update({f"stored_{k}": float(stored[k]) for k in METRICS if k in stored})
+    row.update({f"stored_{k}": float(stored[k]) for k in METRIC_NAMES if k in stored})
     row.update(run_id=attrs.get("run_id", path.parent.name), path=str(path), status=status,
-               has_final=has_final, n_steps=n_steps, epochs_run=attrs.get("epochs_run", np.nan),
+               has_final=store.has_final(path), n_steps=len(store.read_history(path, "steps").get("loss", ())),
+               epochs_run=attrs.get("epochs_run", np.nan),
                train_time_s=attrs.get("train_time_s", np.nan), error=attrs.get("error", ""))
     return row
 
@@ -116,7 +110,7 @@ def load_runs(root: str | Path, recompute: bool = True, include_failed: bool = F
         listing = "\n  ".join(f"{p} ({why})" for p, why in skipped)
         warnings.warn(f"skipped {len(skipped)} run file(s):\n  {listing}", stacklevel=2)
     if not rows:
-        return Runs(pd.DataFrame(columns=["run_id", "path", "status", *METRICS]), skipped, [])
+        return Runs(pd.DataFrame(columns=["run_id", "path", "status", *METRIC_NAMES]), skipped, [])
     config_columns = list(dict.fromkeys(k for r in rows for k in r.pop("_config_keys")))
     table = pd.DataFrame(rows)
     table = _add_metrics(table, recompute)
@@ -125,25 +119,23 @@ def load_runs(root: str | Path, recompute: bool = True, include_failed: bool = F
 
 
 def _add_metrics(table: pd.DataFrame, recompute: bool) -> pd.DataFrame:
-    from threadpoolctl import threadpool_limits
     with threadpool_limits(1):  # hundreds of small kNN problems: BLAS threads would only spin
         return _add_metrics_1(table, recompute)
 
 
 def _add_metrics_1(table: pd.DataFrame, recompute: bool) -> pd.DataFrame:
-    from analysis.metrics import compute_metrics
     values, diffs = [], []
     for _, row in table.iterrows():
-        stored = {k: row[f"stored_{k}"] for k in METRICS if f"stored_{k}" in row}
+        stored = {k: row[f"stored_{k}"] for k in METRIC_NAMES if f"stored_{k}" in row}
         m, diff = stored, np.nan
         if recompute and row["has_final"]:
-            fin = load_final(row["path"])
+            fin = store.read_final(row["path"])
             m = compute_metrics(fin["test"]["embeddings"], fin["test"]["labels"],
                                 fin["train"]["embeddings"], fin["train"]["labels"])
             d = [abs(m[k] - v) for k, v in stored.items() if np.isfinite(v)]
             diff = max(d) if d else np.nan
         diffs.append(diff)
-        values.append({k: float(m.get(k, np.nan)) for k in METRICS})
+        values.append({k: float(m.get(k, np.nan)) for k in METRIC_NAMES})
     out = pd.concat([table, pd.DataFrame(values, index=table.index)], axis=1)
     out["metrics_diff"] = diffs
     bad = out[out["metrics_diff"] > 1e-4]
@@ -179,10 +171,15 @@ SHORT = {"loss.name": "", "miner.name": "", "loss.margin": "m=", "embedding.dim"
 LABEL_ORDER = ("data.name", "loss.name", "miner.name", "loss.margin", "embedding.dim")
 
 
+def short_loss_name(name: str) -> str:
+    """TripletMarginLoss -> Triplet, ContrastiveLoss -> Contrastive (labels, legends, answers)."""
+    return name.replace("MarginLoss", "").replace("Loss", "")
+
+
 def _short_value(key: str, value) -> str:
     text = "none" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
     if key == "loss.name":
-        text = text.replace("MarginLoss", "").replace("Loss", "")
+        text = short_loss_name(text)
     if key == "miner.name":
         text = "no miner" if text in ("none", "None") else "+" + text.replace("Miner", "")
     return text
@@ -199,68 +196,27 @@ def config_label(row, varying: list[str]) -> str:
     return " · ".join(parts) or "all runs"
 
 
-# ---------------------------------------------------------------- per-run arrays
-
-def load_final(path: str | Path) -> dict:
-    """{"train"/"test": {"embeddings", "labels", "index"}} of the final epoch."""
-    with h5py.File(path, "r") as f:
-        return {s: {k: f[f"final/{s}/{k}"][()] for k in ("embeddings", "labels", "index") if k in f[f"final/{s}"]}
-                for s in f["final"]}
-
-
-def load_snapshot_epochs(path: str | Path) -> list[int]:
-    with h5py.File(path, "r") as f:
-        return sorted(int(e) for e in f.get("epochs", {}))
-
-
-def load_snapshot(path: str | Path, epoch: int) -> dict:
-    """Embeddings of a stored epoch (labels and index from /final)."""
-    final = load_final(path)
-    with h5py.File(path, "r") as f:
-        g = f[f"epochs/{epoch:03d}"]
-        return {s: {**final[s], "embeddings": g[f"{s}/embeddings"][()]} for s in g if s in final}
-
+# ---------------------------------------------------------------- per-run tables (arrays: runner.store.read_final, read_epoch)
 
 def load_history(path: str | Path, name: str = "steps") -> pd.DataFrame:
     """/history/steps (one row per optimiser step) or /history/epochs as a DataFrame."""
-    with h5py.File(path, "r") as f:
-        g = f.get(f"history/{name}", {})
-        return pd.DataFrame({k: g[k][()] for k in g})
+    return pd.DataFrame(store.read_history(path, name))
 
 
 def load_data_info(path: str | Path) -> dict:
     """class_names, parents (or None), family, image_shape, config of one run."""
-    with h5py.File(path, "r") as f:
-        g = f.get("data")
-        info = {"class_names": None, "parents": None, "family": "", "image_shape": None}
-        if g is not None:
-            for key in ("class_names", "parents"):
-                if key in g:
-                    info[key] = g[key].asstr()[()].tolist()
-            info["family"] = str(g.attrs.get("family", ""))
-            info["image_shape"] = g.attrs["image_shape"].tolist() if "image_shape" in g.attrs else None
-        info["config"] = json.loads(f.attrs["config"])
-    return info
+    data = store.read_data_info(path)
+    shape = data.get("image_shape")
+    return {"class_names": data.get("class_names"), "parents": data.get("parents"),
+            "family": str(data.get("family", "")), "image_shape": None if shape is None else np.asarray(shape).tolist(),
+            "config": store.read_attrs(path)["config"]}
 
 
 # ---------------------------------------------------------------- source images (galleries, baselines)
 
 @lru_cache(maxsize=4)
-def _load_source_cached(data_json: str):
-    from runner.config import ConfigError, DataConfig
-    from runner.data import drop_rare_classes, load_dataset, resize_uint8
-    cfg = DataConfig(**json.loads(data_json))
-    try:
-        return load_dataset(cfg)
-    except ConfigError:
-        if cfg.name != "signs":
-            raise
-        # the synthetic signs are always constructible, registered loader or not
-        from runner.data.synthetic_signs import generate_signs
-        ds = drop_rare_classes(generate_signs(cfg.image_size), cfg.min_images_per_class)
-        if cfg.image_size is not None and ds.images.shape[-1] != cfg.image_size:
-            ds.images = resize_uint8(ds.images, cfg.image_size)
-        return ds
+def _load_source_cached(data_json: str) -> ImageSet:
+    return load_dataset(DataConfig(**json.loads(data_json)))
 
 
 def load_split_images(data_cfg: dict, index: np.ndarray) -> Optional[np.ndarray]:

@@ -3,7 +3,7 @@
 Exact, in float64: kNN and NCM from scikit-learn (KNeighborsClassifier, NearestCentroid),
 P@1, R-precision and MAP@R as pytorch-metric-learning defines them (R = references
 sharing the query's label; queries without any are left out of the means, as in
-runner.evaluate). runner.evaluate computes the same in float32 during training; on
+runner.training.evaluate). That module computes the same in float32 during training; on
 low-dimensional normalised embeddings (d = 2) near-equal distances can rank differently
 there, so the tables use this exact recomputation and load.py reports any difference to
 the stored values.
@@ -53,7 +53,7 @@ def retrieval_metrics(q, ql, r, rl) -> dict:
         order = np.argsort(d, axis=1, kind="stable")[:, :max_r]
         for labels, y in zip(rl[order], ql[start:start + CHUNK]):
             big_r = counts.get(int(y), 0)
-            if big_r == 0:  # no reference shares the label: left out of the means (as runner.evaluate)
+            if big_r == 0:  # no reference shares the label: left out of the means (as runner.training.evaluate)
                 continue
             hit = labels[:big_r] == y
             p1.append(float(labels[0] == y))

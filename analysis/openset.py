@@ -19,7 +19,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.neighbors import KNeighborsClassifier
 
-from analysis.load import load_final
+from runner.store import read_final
 
 UNKNOWN_FRACTION = 0.3
 KEEP_KNOWN = 0.95
@@ -71,7 +71,7 @@ def openset_table(table: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
     """Scores of each run (row) of `table`, and per run_id the raw scores for the histogram."""
     rows, detail = [], {}
     for _, run in table.iterrows():
-        res = open_set(load_final(run["path"]))
+        res = open_set(read_final(run["path"]))
         detail[run["run_id"]] = res
         rows.append({"config": run["config_label"], "run_id": run["run_id"], "seed": run["seed"],
                      **{k: res.get(k, np.nan) for k in ("softmax_acc", "knn1_acc", "auroc_gini", "auroc_entropy",

@@ -19,15 +19,19 @@ from pathlib import Path
 from typing import Optional
 
 import pandas as pd
+from threadpoolctl import threadpool_limits
 
-from analysis import tables
-from analysis.load import METRIC_LABELS, METRICS, Runs, load_runs
+from analysis import baselines, hierarchy, openset, questions, render, tables
+from analysis.embeddings import project_run
+from analysis.load import METRIC_LABELS, Runs, load_runs
+from analysis.tensorboard import write_tensorboard
+from runner.store import METRIC_NAMES
 
 
 @dataclass
 class Options:
     metric: str = "map_at_r"
-    """Metric that ranks configurations and picks the runs shown (any of METRICS)."""
+    """Metric that ranks configurations and picks the runs shown (any of METRIC_NAMES)."""
     methods: tuple = ("tsne", "umap")
     """2-D projections drawn (slides 6 and 7)."""
     baselines: bool = True
@@ -90,14 +94,13 @@ def choose_runs(runs: Runs, configs: pd.DataFrame, metric: str) -> dict:
 
 
 def analyse(results_dir: str | Path, out: Path, opts: Options) -> Results:
-    from analysis import baselines as bl, hierarchy, openset
     timings: dict = {}
     with timed(timings, "load_s"):
         runs = load_runs(results_dir)
     if runs.table.empty or not (runs.table["status"] == "completed").any():
         raise SystemExit(f"no completed runs under {results_dir}")
     with timed(timings, "baselines_s"):
-        base = bl.baseline_table(runs, cache_dir=opts.cache_dir or out / "cache") if opts.baselines else pd.DataFrame()
+        base = baselines.baseline_table(runs, cache_dir=opts.cache_dir or out / "cache") if opts.baselines else pd.DataFrame()
     with timed(timings, "tables_s"):
         configs = tables.with_baselines(tables.config_table(runs), base)
         paired = tables.paired_comparisons(runs, metrics=tuple(dict.fromkeys(("knn1", opts.metric))))
@@ -118,7 +121,6 @@ def analyse(results_dir: str | Path, out: Path, opts: Options) -> Results:
 
 def project_chosen(chosen: dict, opts: Options) -> dict:
     """method -> projection of the best run (epoch 0 and final); 'dim2' -> the d=2 run as it is."""
-    from analysis.embeddings import project_run
     out = {}
     for method in opts.methods:
         try:
@@ -144,7 +146,7 @@ def write_tables(res: Results, out: Path, metric: str) -> list[Path]:
     if not res.openset.empty:
         paths += tables.write_table(res.openset, res.openset.round(3), tdir, "openset",
                                     "Softmax on frozen embeddings and open-set rejection (Gini threshold)")
-    cols = ["run_id", "status", "config_label", "seed", *METRICS, "metrics_diff", "n_steps", "path"]
+    cols = ["run_id", "status", "config_label", "seed", *METRIC_NAMES, "metrics_diff", "n_steps", "path"]
     res.runs.table[[c for c in cols if c in res.runs.table]].to_csv(tdir / "runs.csv", index=False)
     pd.DataFrame(res.runs.skipped, columns=["path", "reason"]).to_csv(tdir / "skipped.csv", index=False)
     return paths + [tdir / "runs.csv", tdir / "skipped.csv"]
@@ -152,14 +154,12 @@ def write_tables(res: Results, out: Path, metric: str) -> list[Path]:
 
 def build_report(results_dir: str | Path, out: str | Path, opts: Optional[Options] = None) -> dict:
     """Analyse, write tables, figures, slides and TensorBoard logs; returns paths and timings."""
-    from threadpoolctl import threadpool_limits
     opts = opts or Options()
     with threadpool_limits(opts.threads):
         return _build(results_dir, Path(out), opts)
 
 
 def _build(results_dir, out: Path, opts: Options) -> dict:
-    from analysis import deck, slides as sl
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     res = analyse(results_dir, out, opts)
@@ -167,11 +167,10 @@ def _build(results_dir, out: Path, opts: Options) -> dict:
     with timed(timings, "tables_write_s"):
         table_paths = write_tables(res, out, opts.metric)
     with timed(timings, "slides_s"):
-        deck_slides = deck.make_slides(res, opts)
-        pdf = sl.write_pdf(deck_slides, out / "report.pdf")
-        md = sl.write_marp(deck_slides, out)
+        slides = questions.make_slides(res, opts)
+        pdf = render.write_pdf(slides, out / "report.pdf")
+        md = render.write_marp(slides, out)
     if opts.tensorboard:
-        from analysis.tb import write_tensorboard
         with timed(timings, "tensorboard_s"):
             picks = {}
             for role, row in res.chosen.items():  # one projector entry per run, named by its first role
@@ -183,14 +182,14 @@ def _build(results_dir, out: Path, opts: Options) -> dict:
     timings["n_runs"] = len(res.runs.table)
     (out / "timings.json").write_text(json.dumps(timings, indent=2))
     return {"pdf": pdf, "markdown": md, "tables": table_paths, "figures": sorted((out / "figures").glob("*.png")),
-            "slides": len(deck_slides), "timings": timings, "skipped": res.runs.skipped}
+            "slides": len(slides), "timings": timings, "skipped": res.runs.skipped}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
     p.add_argument("results", help="results directory (every run.h5 below it is read)")
     p.add_argument("--out", default="report", help="output directory (default: report/)")
-    p.add_argument("--metric", default="map_at_r", choices=METRICS, help="metric that ranks configurations")
+    p.add_argument("--metric", default="map_at_r", choices=METRIC_NAMES, help="metric that ranks configurations")
     p.add_argument("--no-umap", action="store_true", help="t-SNE only (UMAP compiles for ~20 s on first use)")
     p.add_argument("--no-baselines", action="store_true", help="skip raw/PCA/LDA/NCA (they reload the data set)")
     p.add_argument("--no-tensorboard", action="store_true", help="do not write REPORT/tensorboard")

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from matplotlib.figure import Figure
 
-from analysis.load import load_data_info, load_final, load_split_images
+from analysis.load import load_data_info, load_split_images
+from runner.store import read_final
 
 
 def resolve_run(path: str | Path) -> Path:
@@ -60,7 +62,7 @@ def _show(ax, image: Optional[np.ndarray]) -> None:
 
 def gallery_figure(fig, path: str | Path, queries: list[int], k: int = 5):
     """Rows: queries; columns: the query and its k nearest training images (distance, label)."""
-    final = load_final(path)
+    final = read_final(path)
     info = load_data_info(path)
     names = info["class_names"] or [str(i) for i in range(int(final["train"]["labels"].max()) + 1)]
     results = [neighbours(final, q, k) for q in queries]
@@ -95,7 +97,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--out", default=None, help="gallery PNG (default ./retrieval_<run_id>_q<I>.png)")
     args = p.parse_args(argv)
     path = resolve_run(args.run)
-    final = load_final(path)
+    final = read_final(path)
     names = load_data_info(path)["class_names"]
     n_test = len(final["test"]["labels"])
     if any(not 0 <= q < n_test for q in args.query):
@@ -107,14 +109,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         for rank, (row, d, lab, src) in enumerate(zip(r["rows"], r["distances"], r["labels"], r["index"]), 1):
             mark = "✓" if lab == r["label"] else "✗"
             print(f"  {rank:2d}. train #{row:<5d} index {src:<6d} class {names[lab] if names else lab:<12} d={d:.4f} {mark}")
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig = plt.figure(figsize=(1.9 * (args.k + 1), 2.1 * len(args.query) + 0.3))
+    fig = Figure(figsize=(1.9 * (args.k + 1), 2.1 * len(args.query) + 0.3))  # no pyplot: no backend to pick
     gallery_figure(fig, path, args.query, args.k)
     out = Path(args.out) if args.out else Path(f"retrieval_{path.parent.name}_q{'_'.join(map(str, args.query))}.png")
     fig.savefig(out, dpi=120)
-    plt.close(fig)
     print(f"gallery: {out}")
     return 0
 

@@ -17,7 +17,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.load import METRIC_LABELS, METRICS, RUN_SPECIFIC, Runs
+from analysis.load import METRIC_LABELS, RUN_SPECIFIC, Runs
+from runner.store import METRIC_NAMES
 
 KEY_COLUMNS = ("loss.name", "miner.name", "loss.margin", "embedding.dim")
 """Shown in every table (when present), varying or not."""
@@ -39,7 +40,7 @@ def shown_columns(runs: Runs) -> list[str]:
     return keys + [c for c in runs.varying if c not in keys and c not in ("miner.params", "miner.margin")]
 
 
-def config_table(runs: Runs, metrics=METRICS) -> pd.DataFrame:
+def config_table(runs: Runs, metrics=METRIC_NAMES) -> pd.DataFrame:
     """One row per configuration: its columns, n_seeds, n_stopped, <metric>_mean and <metric>_ci."""
     t = runs.table
     cols = shown_columns(runs)
@@ -56,7 +57,7 @@ def config_table(runs: Runs, metrics=METRICS) -> pd.DataFrame:
     return out.sort_values(f"{metrics[-1]}_mean", ascending=False, kind="stable").reset_index(drop=True)
 
 
-def with_baselines(table: pd.DataFrame, baselines: pd.DataFrame, metrics=METRICS) -> pd.DataFrame:
+def with_baselines(table: pd.DataFrame, baselines: pd.DataFrame, metrics=METRIC_NAMES) -> pd.DataFrame:
     """Runs and baselines (same split) in one table; a baseline is one deterministic fit (no CI)."""
     if baselines is None or baselines.empty:
         return table
@@ -141,7 +142,7 @@ def p_text(p: float) -> str:
     return "p n/a" if not np.isfinite(p) else ("p < 0.001" if p < 0.001 else f"p = {p:.3f}")
 
 
-def display_table(table: pd.DataFrame, metrics=METRICS, columns=("config", "n_seeds")) -> pd.DataFrame:
+def display_table(table: pd.DataFrame, metrics=METRIC_NAMES, columns=("config", "n_seeds")) -> pd.DataFrame:
     """Strings for Markdown/LaTeX/slides: 'mean ± CI' per metric."""
     out = table[list(columns)].copy()
     if "n_stopped" in table and table["n_stopped"].fillna(0).sum():

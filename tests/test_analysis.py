@@ -10,8 +10,9 @@ from scipy import stats
 from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
 
 from analysis import baselines, hierarchy, openset, tables
-from analysis.load import METRICS, load_final, load_runs
-from analysis.synthetic import write_grid
+from analysis.load import load_runs
+from runner.store import METRIC_NAMES, read_final
+from tests.fixtures.fake_runs import write_grid
 
 VARIANTS = [
     {"loss": {"name": "ContrastiveLoss", "margin": 0.5}, "miner": {"name": None}},
@@ -30,7 +31,7 @@ def grid_configs(dims=(2, 8), seeds=(0, 1), data=None, epochs=4):
 
 
 def make_grid(out, broken: bool = True):
-    """16 synthetic runs (4 variants × dims 2, 8 × seeds 0, 1) + a stopped, a failed and two corrupt files."""
+    """16 fake runs (4 variants × dims 2, 8 × seeds 0, 1) + a stopped, a failed and two corrupt files."""
     configs = grid_configs()
     paths = write_grid(out, configs)
     if broken:
@@ -45,7 +46,7 @@ def make_grid(out, broken: bool = True):
 
 
 def shared_grid(tmp_path_factory):
-    """One synthetic grid per test session (both analysis test modules read it, neither writes it)."""
+    """One fake grid per test session (both analysis test modules read it, neither writes it)."""
     out = tmp_path_factory.getbasetemp() / "analysis_grid"
     if not out.exists():
         make_grid(out)
@@ -90,7 +91,7 @@ def test_tables_equal_recomputation_with_sklearn(grid):
         for k, key in ((1, "knn1"), (5, "knn5")):
             assert run[key] == pytest.approx(KNeighborsClassifier(n_neighbors=k).fit(xtr, ytr).score(xte, yte), abs=1e-9)
         assert run["ncm"] == pytest.approx(NearestCentroid().fit(xtr, ytr).score(xte, yte), abs=1e-9)
-        assert all(run[m] == pytest.approx(stored[m], abs=1e-5) for m in METRICS)
+        assert all(run[m] == pytest.approx(stored[m], abs=1e-5) for m in METRIC_NAMES)
     table = tables.config_table(runs)
     for _, row in table.iterrows():
         done = t[(t["config_id"] == row["config_id"]) & (t["status"] == "completed")]
@@ -108,10 +109,10 @@ def test_metrics_match_runner_evaluate_away_from_near_ties(grid):
     from analysis.metrics import reference_metrics
     from runner.training.evaluate import compute_metrics
     t = grid[1].table
-    fin = load_final(t.loc[t["embedding.dim"] == 8, "path"].iloc[0])
+    fin = read_final(t.loc[t["embedding.dim"] == 8, "path"].iloc[0])
     args = (fin["test"]["embeddings"], fin["test"]["labels"], fin["train"]["embeddings"], fin["train"]["labels"])
     ours, theirs = reference_metrics(*args), compute_metrics(*args)
-    assert all(ours[k] == pytest.approx(theirs[k], abs=1e-5) for k in METRICS)
+    assert all(ours[k] == pytest.approx(theirs[k], abs=1e-5) for k in METRIC_NAMES)
 
 
 def test_baselines_on_the_same_split(grid, tmp_path_factory):
@@ -122,7 +123,7 @@ def test_baselines_on_the_same_split(grid, tmp_path_factory):
     b = baselines.baseline_table(runs, cache_dir=cache)
     assert set(b["method"]) == {"raw", "pca", "lda", "nca"}
     assert sorted(b.loc[b["method"] == "pca", "dim"]) == [2, 8] and sorted(b.loc[b["method"] == "lda", "dim"]) == [2, 8]
-    fin = load_final(runs.table["path"].iloc[0])
+    fin = read_final(runs.table["path"].iloc[0])
     cfg = json.loads(runs.table["config_json"].iloc[0])["data"]
     xtr = load_split_images(cfg, fin["train"]["index"]).reshape(len(fin["train"]["index"]), -1) / 255.0
     xte = load_split_images(cfg, fin["test"]["index"]).reshape(len(fin["test"]["index"]), -1) / 255.0
@@ -178,7 +179,7 @@ def test_hierarchy_agreement_detects_a_known_hierarchy():
 
 
 def test_open_set_scores(grid):
-    res = openset.open_set(load_final(grid[1].table.sort_values("map_at_r").iloc[-1]["path"]))
+    res = openset.open_set(read_final(grid[1].table.sort_values("map_at_r").iloc[-1]["path"]))
     assert 0.5 < res["softmax_acc"] <= 1 and 0.5 < res["auroc_gini"] <= 1
     assert 0 <= res["unknown_rejected"] <= 1 and len(res["gini_unknown"]) > 0
     p = np.array([[1.0, 0.0], [0.5, 0.5]])
@@ -193,7 +194,7 @@ def test_retrieve_cli(grid, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     dists = [float(line.split("d=")[1].split()[0]) for line in lines if "d=" in line]
     assert len(dists) == 4 and dists == sorted(dists) and png.stat().st_size > 1000
-    fin = load_final(path)
+    fin = read_final(path)
     d = np.linalg.norm(fin["train"]["embeddings"] - fin["test"]["embeddings"][3], axis=1)
     assert dists[0] == pytest.approx(np.sort(d)[0], abs=1e-4)
     assert retrieve.main([str(path), "--query", "100000"]) == 2
@@ -211,7 +212,7 @@ def test_real_training_run_loads_and_reports(tmp_path):
     assert runs.table["metrics_diff"].iloc[0] < 1e-5 and runs.table["n_steps"].iloc[0] > 0
     # and a report of that single run still has its ten slides
     from analysis import report
-    from analysis.slides import count_pdf_pages
+    from analysis.render import count_pdf_pages
     out = report.build_report(tmp_path, tmp_path / "report", report.Options(
         methods=(), baselines=False, tensorboard=False))
     assert out["slides"] == 10 and count_pdf_pages(out["pdf"]) == 10

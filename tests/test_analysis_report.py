@@ -1,4 +1,4 @@
-"""python -m analysis.report end to end on a small synthetic grid: PDF pages, figures, Marp, tables, TensorBoard."""
+"""python -m analysis.report end to end on a small grid of fake runs: PDF pages, figures, Marp, tables, TensorBoard."""
 
 import re
 import warnings
@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from analysis import report
-from analysis.slides import count_pdf_pages
+from analysis.render import count_pdf_pages
 from tests.test_analysis import baseline_cache, shared_grid
 
 FIGURES = ("table_accuracy", "paired", "sweeps", "loss", "tsne", "umap", "hierarchy", "retrieval", "openset")

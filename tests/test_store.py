@@ -36,6 +36,27 @@ def test_round_trip(tmp_path):
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
 
 
+
+def test_partial_readers_agree_with_read_run(tmp_path):
+    rec = _record()
+    path = store.write_run(tmp_path / "run.h5", rec)
+    whole = store.read_run(path, epochs=True)
+    final = store.read_final(path)
+    assert set(final) == {"train", "test"} and set(final["test"]) == {"embeddings", "labels", "index"}
+    np.testing.assert_array_equal(final["train"]["embeddings"], whole["final"]["train"]["embeddings"])
+    assert store.stored_epochs(path) == [0]
+    epoch = store.read_epoch(path, 0)
+    np.testing.assert_array_equal(epoch["test"]["embeddings"], whole["epochs"][0]["test"])
+    np.testing.assert_array_equal(epoch["test"]["labels"], rec.final["test"]["labels"])
+    np.testing.assert_array_equal(store.read_history(path)["loss"], rec.steps["loss"])
+    np.testing.assert_array_equal(store.read_history(path, "epochs")["knn1"], [0.1, 0.5])
+    info = store.read_data_info(path)
+    assert info["class_names"] == ["a", "b", "c"] and info["family"] == "digits"
+    assert list(info["image_shape"]) == [1, 8, 8] and store.has_final(path)
+    path.write_bytes(b"not hdf5 at all")
+    with pytest.raises(store.CorruptRun):
+        store.read_final(path)
+
 def test_truncated_and_garbage_files_are_detected(tmp_path):
     path = store.write_run(tmp_path / "run.h5", _record())
     data = path.read_bytes()

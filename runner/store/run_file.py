@@ -1,16 +1,19 @@
 """run.h5: the contract between training and analysis (docs/hdf5.md), written and read here only.
 
 `write_run` writes a RunRecord through atomic_path, so a run.h5 is either absent or
-complete; `read_run` and the partial readers verify what they open. The names of the
-metrics and of the per-step columns a run.h5 holds are defined here, once.
+complete. `read_run` and the partial readers (read_attrs, read_final, stored_epochs,
+read_epoch, read_history, read_data_info, has_final) verify what they open; they are
+the only code that knows the paths inside the file. The names of the metrics and of
+the per-step columns a run.h5 holds are defined here, once.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import h5py
 import numpy as np
@@ -32,9 +35,9 @@ class CorruptRun(RuntimeError):
     """A run.h5 that cannot be trusted (truncated, garbage or missing parts)."""
 
 
-def epoch_group(epoch: int, split: str) -> str:
-    """The HDF5 group of one stored epoch's embeddings of one split."""
-    return f"epochs/{epoch:03d}/{split}"
+def epoch_group(epoch: int, split: str = "") -> str:
+    """The HDF5 group of one stored epoch (/epochs/NNN), or of one split's embeddings in it."""
+    return f"epochs/{epoch:03d}/{split}" if split else f"epochs/{epoch:03d}"
 
 
 @dataclass
@@ -96,13 +99,44 @@ def write_run(path: str | Path, rec: RunRecord) -> Path:
     return Path(path)
 
 
-def read_attrs(path: str | Path) -> dict:
-    """Root attributes with JSON values decoded; raises CorruptRun on unreadable files."""
+# ---------------------------------------------------------------- reading
+
+@contextmanager
+def _open(path: str | Path) -> Iterator[h5py.File]:
+    """run.h5 opened for reading; an unreadable file or a missing part raises CorruptRun."""
     try:
         with h5py.File(path, "r") as f:
-            return _decode_attrs(f)
+            yield f
     except (OSError, KeyError, ValueError) as exc:
         raise CorruptRun(f"{path}: {exc}") from exc
+
+
+def _missing(f: h5py.File) -> list[str]:
+    return [k for k in REQUIRED if k not in f]
+
+
+def _final(f: h5py.File) -> dict:
+    return {split: {k: f[f"final/{split}/{k}"][()] for k in f[f"final/{split}"]} for split in f.get("final", {})}
+
+
+def _history(f: h5py.File, name: str) -> dict:
+    g = f.get(f"history/{name}", {})
+    return {k: g[k][()] for k in g}
+
+
+def _stored_epochs(f: h5py.File) -> list[int]:
+    return sorted(int(e) for e in f.get("epochs", {}))
+
+
+def _data(f: h5py.File) -> dict:
+    g = f.get("data")
+    return {} if g is None else {**{k: g[k].asstr()[()].tolist() for k in g}, **{k: v for k, v in g.attrs.items()}}
+
+
+def read_attrs(path: str | Path) -> dict:
+    """Root attributes with JSON values decoded; raises CorruptRun on unreadable files."""
+    with _open(path) as f:
+        return _decode_attrs(f)
 
 
 def _decode_attrs(f: h5py.File) -> dict:
@@ -127,37 +161,58 @@ def run_status(path: str | Path) -> Optional[str]:
         return None
     try:
         attrs = read_attrs(path)
-        if attrs.get("status") == "completed":
-            with h5py.File(path, "r") as f:
-                if any(k not in f for k in REQUIRED):
-                    return "corrupt"
+        if attrs.get("status") == "completed" and not has_final(path):
+            return "corrupt"
         return attrs.get("status", "corrupt")
     except CorruptRun:
         return "corrupt"
 
 
+def has_final(path: str | Path) -> bool:
+    """True when every part in REQUIRED (final train/test embeddings and labels) is there."""
+    with _open(path) as f:
+        return not _missing(f)
+
+
 def read_run(path: str | Path, epochs: bool = False) -> dict:
     """Everything in run.h5 as numpy arrays and dicts; verifies required parts for completed runs."""
-    path = Path(path)
-    try:
-        with h5py.File(path, "r") as f:
-            out = {"attrs": _decode_attrs(f), "final": {}, "epochs": {}, "history": {}}
-            out["config"] = out["attrs"]["config"]
-            if out["attrs"].get("status") == "completed":
-                missing = [k for k in REQUIRED if k not in f]
-                if missing:
-                    raise CorruptRun(f"{path}: missing {', '.join(missing)}")
-            for split in f.get("final", {}):
-                out["final"][split] = {k: f[f"final/{split}/{k}"][()] for k in f[f"final/{split}"]}
-            for name in ("steps", "epochs"):
-                g = f.get(f"history/{name}", {})
-                out["history"][name] = {k: g[k][()] for k in g}
-            if epochs:
-                for e in f.get("epochs", {}):
-                    out["epochs"][int(e)] = {s: f[epoch_group(int(e), s)]["embeddings"][()] for s in f[f"epochs/{e}"]}
-            g = f.get("data")
-            out["data"] = {} if g is None else {**{k: g[k].asstr()[()].tolist() for k in g},
-                                                 **{k: v for k, v in g.attrs.items()}}
-            return out
-    except (OSError, KeyError, ValueError) as exc:
-        raise CorruptRun(f"{path}: {exc}") from exc
+    with _open(path) as f:
+        attrs = _decode_attrs(f)
+        missing = _missing(f) if attrs.get("status") == "completed" else []
+        if missing:
+            raise CorruptRun(f"{path}: missing {', '.join(missing)}")
+        stored = _stored_epochs(f) if epochs else []
+        return {"attrs": attrs, "config": attrs["config"], "final": _final(f),
+                "epochs": {e: {s: f[epoch_group(e, s)]["embeddings"][()] for s in f[epoch_group(e)]} for e in stored},
+                "history": {name: _history(f, name) for name in ("steps", "epochs")}, "data": _data(f)}
+
+
+def read_final(path: str | Path) -> dict:
+    """split -> {"embeddings", "labels", "index"} after the last epoch (/final)."""
+    with _open(path) as f:
+        return _final(f)
+
+
+def stored_epochs(path: str | Path) -> list[int]:
+    """The epochs whose embeddings are stored (/epochs/NNN), ascending."""
+    with _open(path) as f:
+        return _stored_epochs(f)
+
+
+def read_epoch(path: str | Path, epoch: int) -> dict:
+    """split -> {"embeddings", "labels", "index"} of one stored epoch; labels and index are /final's."""
+    with _open(path) as f:
+        g, final = f[epoch_group(epoch)], f.get("final", {})
+        return {s: {k: g[f"{s}/{k}"][()] for k in ("embeddings", "labels", "index")} for s in g if s in final}
+
+
+def read_history(path: str | Path, name: str = "steps") -> dict:
+    """column -> 1-D array of /history/steps (one value per optimiser step) or /history/epochs."""
+    with _open(path) as f:
+        return _history(f, name)
+
+
+def read_data_info(path: str | Path) -> dict:
+    """/data: class_names and parents (lists of str) and its attributes (family, image_shape); {} if absent."""
+    with _open(path) as f:
+        return _data(f)

@@ -11,9 +11,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis import tables
-from analysis.load import METRIC_LABELS, load_final, load_history
-from analysis.slides import Slide, table_figure
+from analysis import metrics, tables
+from analysis.curves import is_swept, loss_figure, pick_curve_configs, sweep_figure
+from analysis.embeddings import class_names_of, embedding_figure
+from analysis.hierarchy import closest_pairs, dendrogram_figure
+from analysis.load import METRIC_LABELS, load_history, short_loss_name
+from analysis.openset import openset_figure
+from analysis.render import Slide, table_figure
+from analysis.retrieve import gallery_figure, neighbours, pick_queries
+from runner.store import read_final
 
 TOP_ROWS = 9
 
@@ -58,10 +64,9 @@ def accuracy_slide(res, metric: str) -> Slide:
 
 
 def paired_slide(res, metric: str) -> Slide:
-    from analysis.tables import COMPARISONS, matched_pairs
     p = res.paired
     overall = p[p["stratum"] == "all"] if not p.empty else p
-    comps = [n for n in COMPARISONS if not overall.empty and n in set(overall["comparison"])]
+    comps = [n for n in tables.COMPARISONS if not overall.empty and n in set(overall["comparison"])]
 
     def draw(fig):
         top, bottom = fig.subfigures(2, 1, height_ratios=[1.0, 1.6])
@@ -69,8 +74,8 @@ def paired_slide(res, metric: str) -> Slide:
             table_figure(top, tables.display_paired(overall).drop(columns=["stratum"]), fontsize=12)
         axes = bottom.subplots(1, max(1, len(comps)), squeeze=False)[0]
         for ax, name in zip(axes, comps):
-            factor, a, b, free = COMPARISONS[name]
-            pairs = matched_pairs(res.runs, factor, a, b, free, metric)
+            factor, a, b, free = tables.COMPARISONS[name]
+            pairs = tables.matched_pairs(res.runs, factor, a, b, free, metric)
             col = "embedding.dim" if "embedding.dim" in pairs else None
             sc = ax.scatter(pairs[f"{metric}_a"], pairs[f"{metric}_b"], c=np.log2(pairs[col]) if col else None,
                             cmap="viridis", s=40)
@@ -92,13 +97,12 @@ def paired_slide(res, metric: str) -> Slide:
 
 
 def sweep_slide(res, metric: str) -> Slide:
-    from analysis.curves import is_swept, sweep_figure
     runs = res.configs[res.configs["kind"] == "run"]
     parts = []
     for x, word in (("embedding.dim", "dim"), ("loss.margin", "margin")):
         if is_swept(runs, x):
             best = runs.loc[runs.groupby("loss.name")[f"{metric}_mean"].idxmax()]
-            parts.append(f"best {word}: " + ", ".join(f"{r['loss.name'].replace('MarginLoss', '').replace('Loss', '')} "
+            parts.append(f"best {word}: " + ", ".join(f"{short_loss_name(r['loss.name'])} "
                                                        f"{r[x]:g}" for _, r in best.iterrows()))
     if "embedding.dim" in runs and (runs["embedding.dim"] == 2).any() and runs["embedding.dim"].nunique() > 1:
         gap = runs[f"{metric}_mean"].max() - runs.loc[runs["embedding.dim"] == 2, f"{metric}_mean"].max()
@@ -109,7 +113,6 @@ def sweep_slide(res, metric: str) -> Slide:
 
 
 def loss_slide(res) -> Slide:
-    from analysis.curves import loss_figure, pick_curve_configs
     sel = pick_curve_configs(res.runs)
     hist = {p: load_history(p) for p in sel["path"]}
     parts, falls = [], []
@@ -136,7 +139,6 @@ def loss_slide(res) -> Slide:
 
 
 def projection_slide(res, method: str, label: str, name: str, with_dim2: bool) -> Slide:
-    from analysis.embeddings import class_names_of, embedding_figure
     best = res.chosen["best"]
     names = class_names_of(best["path"])
     extra = None
@@ -155,7 +157,6 @@ def projection_slide(res, method: str, label: str, name: str, with_dim2: bool) -
 
 
 def hierarchy_slide(res) -> Slide:
-    from analysis.hierarchy import closest_pairs, dendrogram_figure
     h, pix = res.details["hierarchy_best"], res.details.get("hierarchy_pixels")
     best = res.chosen["best"]
     if h["parents"]:
@@ -172,15 +173,12 @@ def hierarchy_slide(res) -> Slide:
 
 
 def retrieval_slide(res, k: int, n_queries: int) -> Slide:
-    from analysis.retrieve import gallery_figure, pick_queries
     best = res.chosen["best"]
-    final = load_final(best["path"])
+    final = read_final(best["path"])
     queries = pick_queries(final, n_queries)
-    from analysis.retrieve import neighbours
     confusions = pd.Series([(int(final["test"]["labels"][q]), int(neighbours(final, q, 1)["labels"][0]))
                             for q in range(len(final["test"]["labels"]))])
     wrong = confusions[[a != b for a, b in confusions]]
-    from analysis.embeddings import class_names_of
     names = class_names_of(best["path"])
     answer = f"Top-1 wrong for {len(wrong)}/{len(confusions)} test queries"
     if len(wrong):
@@ -193,7 +191,6 @@ def retrieval_slide(res, k: int, n_queries: int) -> Slide:
 
 
 def openset_slide(res) -> Slide:
-    from analysis.openset import openset_figure
     o = res.openset
     best = res.chosen["best"]
     detail = res.details["openset"].get(best["run_id"]) or next(iter(res.details["openset"].values()), {})
@@ -223,12 +220,11 @@ def openset_slide(res) -> Slide:
 def summary_slide(res, metric: str, slides: list[Slide]) -> Slide:
     t = res.runs.table
     data = ", ".join(sorted(t["data.name"].astype(str).unique())) if "data.name" in t else "?"
-    from analysis.metrics import source
     bullets = [f"{len(t)} runs loaded ({(t['status'] == 'completed').sum()} completed, {(t['status'] == 'stopped').sum()} "
                f"stopped early: in loss curves, not in tables), {len(res.runs.skipped)} files skipped (corrupt or failed, "
                f"listed in tables/skipped.csv); data: {data}; {t['config_id'].nunique()} configurations × "
                f"{t['seed'].nunique()} seeds",
-               f"Metrics recomputed from the stored embeddings ({source()}); largest difference to the stored values "
+               f"Metrics recomputed from the stored embeddings ({metrics.source()}); largest difference to the stored values "
                f"{np.nanmax(t['metrics_diff'].to_numpy(dtype=float)) if t['metrics_diff'].notna().any() else float('nan'):.1e}"]
     seen = set()
     for s in slides:

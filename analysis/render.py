@@ -8,6 +8,7 @@ No LaTeX, no browser.
 
 from __future__ import annotations
 
+import re
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -183,6 +184,5 @@ def write_marp(slides: list[Slide], out_dir: str | Path, figures: str = "figures
 
 def count_pdf_pages(path: str | Path) -> int:
     """Pages of a PDF written by matplotlib (its page objects are not compressed)."""
-    import re
     data = Path(path).read_bytes()
     return len(re.findall(rb"/Type\s*/Page(?![a-zA-Z])", data))

@@ -11,15 +11,24 @@ alone, so they also exist for runs whose tb/ was lost. tensorboard is imported l
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from analysis.load import METRICS, Runs, load_data_info, load_final, load_history, load_split_images
+from analysis.load import Runs, load_data_info, load_history, load_split_images
+from runner.store import METRIC_NAMES, read_final
 
 SPRITE_LIMIT_PX = 8192
 MAX_PROJECTOR_POINTS = 1000
 STEP_SCALARS = ("loss", "active_fraction", "pos_distance", "neg_distance")
+
+
+def _summary_writer(logdir: Path):
+    # torch.utils.tensorboard loads tensorboard and protobuf (about a second): only when logs are written
+    from torch.utils.tensorboard import SummaryWriter
+    return SummaryWriter(str(logdir))
 
 
 def _hparam_value(value):
@@ -32,13 +41,12 @@ def _hparam_value(value):
 
 def write_hparams(runs: Runs, logdir: str | Path, scalars: bool = True) -> Path:
     """One HParams session per run under logdir/hparams/<run_id> (+ step scalars)."""
-    from torch.utils.tensorboard import SummaryWriter
     logdir = Path(logdir) / "hparams"
     for _, run in runs.table.iterrows():
         hp = {c: _hparam_value(run[c]) for c in runs.config_columns if c != "data.root"}
         hp["status"] = run["status"]
-        metrics = {f"hparam/{m}": float(run[m]) for m in METRICS if np.isfinite(run.get(m, np.nan))}
-        with SummaryWriter(str(logdir / run["run_id"])) as writer:
+        metrics = {f"hparam/{m}": float(run[m]) for m in METRIC_NAMES if np.isfinite(run.get(m, np.nan))}
+        with _summary_writer(logdir / run["run_id"]) as writer:
             writer.add_hparams(hp, metrics, run_name=".")
             if scalars:
                 steps = load_history(run["path"])
@@ -52,12 +60,10 @@ def write_hparams(runs: Runs, logdir: str | Path, scalars: bool = True) -> Path:
 
 def write_projector(paths: dict, logdir: str | Path, max_points: int = MAX_PROJECTOR_POINTS) -> Path:
     """Final test embeddings of {label: run.h5 path} in one projector, with sprites when images load."""
-    import torch
-    from torch.utils.tensorboard import SummaryWriter
     logdir = Path(logdir) / "projector"
-    with SummaryWriter(str(logdir)) as writer:
+    with _summary_writer(logdir) as writer:
         for label, path in paths.items():
-            final, info = load_final(path), load_data_info(path)
+            final, info = read_final(path), load_data_info(path)
             test = final["test"]
             keep = np.sort(np.random.default_rng(0).permutation(len(test["labels"]))[:max_points])
             names = info["class_names"] or []
@@ -81,7 +87,6 @@ def write_projector(paths: dict, logdir: str | Path, max_points: int = MAX_PROJE
 
 def _tag(label: str) -> str:
     """A projector tag (also a directory name): letters, digits and -_=. only, no runs of '_'."""
-    import re
     return re.sub(r"_+", "_", "".join(ch if ch.isalnum() or ch in "-_=." else "_" for ch in label)).strip("_")[:60]
 
 
