@@ -6,9 +6,11 @@ loaders), mnist / folder / lfw / synthetic_signs / packed (formats), splits, sam
 augment. `python -m runner.data pack` is __main__.py.
 """
 
+from runner.data.folder import decode_image
 from runner.data.image_set import ImageSet, drop_rare_classes, resize_uint8
+from runner.data.paths import IMAGE_SUFFIXES
 from runner.data.registry import check_data, dataset_names, load_dataset
 from runner.data.splits import Splits, split_dataset
 
-__all__ = ["ImageSet", "Splits", "check_data", "dataset_names", "drop_rare_classes", "load_dataset",
+__all__ = ["IMAGE_SUFFIXES", "ImageSet", "decode_image", "Splits", "check_data", "dataset_names", "drop_rare_classes", "load_dataset",
            "resize_uint8", "split_dataset"]
