@@ -37,9 +37,17 @@ def _paired_sentence(res, name: str, metric: str) -> str:
     rows = p[(p["comparison"] == name) & (p["metric"] == metric) & (p["stratum"] == "all")] if not p.empty else p
     if rows.empty:
         return f"{name}: not in this grid"
-    r = rows.iloc[0]
-    return (f"{name}: {_verdict(r)} (Δ{METRIC_LABELS[metric]} = {tables.fmt_ci(r['diff'], r['diff_ci'])}, "
-            f"{tables.p_text(r['p_ttest'])}, {r['n_pairs']} matched pairs)")
+    if rows["n_pairs"].max() == 0:
+        return f"{name}: not answered (no two runs differ only in it)"
+    said = []
+    for _, r in rows[rows["n_pairs"] > 0].sort_values("n_pairs", ascending=False).head(3).iterrows():
+        which = f"{r['a']} vs {r['b']}" if len(rows) > 1 else name
+        if r["identical"]:
+            said.append(f"{which}: identical runs (the miner keeps every tuple the loss uses; it changes nothing)")
+            continue
+        said.append(f"{which}: {_verdict(r)} (Δ{METRIC_LABELS[metric]} = {tables.fmt_ci(r['diff'], r['diff_ci'])}, "
+                    f"{tables.p_text(r['p_ttest'])}, {r['n_pairs']} matched pairs)")
+    return "; ".join(said)
 
 
 def accuracy_slide(res, metric: str) -> Slide:
@@ -76,6 +84,9 @@ def paired_slide(res, metric: str) -> Slide:
         for ax, name in zip(axes, comps):
             factor, a, b, free = tables.COMPARISONS[name]
             pairs = tables.matched_pairs(res.runs, factor, a, b, free, metric)
+            if pairs.empty:
+                ax.text(0.5, 0.5, f"{name}: no two runs differ only in it", ha="center", transform=ax.transAxes)
+                continue
             col = "embedding.dim" if "embedding.dim" in pairs else None
             sc = ax.scatter(pairs[f"{metric}_a"], pairs[f"{metric}_b"], c=np.log2(pairs[col]) if col else None,
                             cmap="viridis", s=40)

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.load import METRIC_LABELS, RUN_SPECIFIC, Runs
+from analysis.load import METRIC_LABELS, RUN_SPECIFIC, Runs, config_label
 from runner.store import METRIC_NAMES
 
 KEY_COLUMNS = ("loss.name", "miner.name", "loss.margin", "embedding.dim")
@@ -80,16 +80,32 @@ COMPARISONS = {
 
 
 def matched_pairs(runs: Runs, factor: str, a: str, b: str, free: tuple, metric: str) -> pd.DataFrame:
-    """Runs of level a and b that agree on every other config column and the seed."""
+    """Pairs of completed runs of level a and level b that differ only in the factor.
+
+    Both runs of a pair agree on the seed and every config column outside `free` (the
+    columns the factor sets, e.g. loss.* for the loss family). When a level holds several
+    settings of the free columns (margins swept, two miners), each (setting a, setting b)
+    is its own comparison, labelled in `recipe_a` / `recipe_b`: a contrastive margin is
+    never paired with an arbitrary triplet margin. When every run has exactly one partner
+    (the settings are determined by the rest, as contrastive+pair miner vs contrastive),
+    all pairs form one comparison and the recipe columns are empty.
+    """
     t = runs.table[runs.table["status"] == "completed"]
     key = [c for c in runs.config_columns if c not in RUN_SPECIFIC and not c.startswith(free)] + ["seed"]
     if factor == "loss_family":
         key.append("mining")  # contrastive+miner is matched with triplet+miner
-    t = t.assign(_key=t[key].map(str).agg("|".join, axis=1))
-    left = t[t[factor] == a][["_key", metric, "embedding.dim" if "embedding.dim" in t else "seed"]]
-    right = t[t[factor] == b][["_key", metric]]
+    free_cols = [c for c in runs.config_columns if c.startswith(free) and t[c].map(str).nunique() > 1]
+    t = t.assign(_key=t[key].map(str).agg("|".join, axis=1),
+                 _recipe=[config_label(row, free_cols) for _, row in t.iterrows()] if free_cols else "")
+    dim = "embedding.dim" if "embedding.dim" in t else "seed"
+    left = t[t[factor] == a][["_key", "_recipe", metric, dim]].rename(columns={"_recipe": "recipe_a"})
+    right = t[t[factor] == b][["_key", "_recipe", metric]].rename(columns={"_recipe": "recipe_b"})
     pairs = left.merge(right, on="_key", suffixes=("_a", "_b"))
-    return pairs.drop_duplicates("_key")
+    # one run per side and key: repeats (same settings, another run_id) would pair twice
+    pairs = pairs.drop_duplicates(["_key", "recipe_a", "recipe_b"])
+    if not pairs["_key"].duplicated().any():  # every run has one partner: one comparison, whatever the settings
+        pairs = pairs.assign(recipe_a="", recipe_b="")
+    return pairs
 
 
 def paired_test(a, b) -> dict:
@@ -103,11 +119,17 @@ def paired_test(a, b) -> dict:
         p_w = float(stats.wilcoxon(d).pvalue) if np.count_nonzero(d) >= 1 else float("nan")
     return {"n_pairs": n, "mean_a": float(a.mean()) if n else np.nan, "mean_b": float(b.mean()) if n else np.nan,
             "diff": mean, "diff_ci": half, "p_ttest": p_t, "p_wilcoxon": p_w,
-            "b_wins": float((d > 0).mean()) if n else np.nan}
+            "b_wins": float((d > 0).mean()) if n else np.nan, "identical": bool(n) and bool(np.all(d == 0))}
 
 
 def paired_comparisons(runs: Runs, metrics=("knn1", "map_at_r")) -> pd.DataFrame:
-    """Each comparison in COMPARISONS over all matched pairs, and per embedding dim."""
+    """Each comparison in COMPARISONS per pair of settings, over all its pairs and per embedding dim.
+
+    A comparison whose levels are both in the grid but that has no pair of runs differing
+    only in the factor gets one row with n_pairs 0: the question is asked and not answered.
+    `identical` marks comparisons whose every pair has equal metrics (a miner that keeps
+    exactly the tuples the loss would use anyway trains the same run).
+    """
     rows = []
     for name, (factor, a, b, free) in COMPARISONS.items():
         if factor not in runs.table or not {a, b} <= set(runs.table[factor]):
@@ -115,13 +137,17 @@ def paired_comparisons(runs: Runs, metrics=("knn1", "map_at_r")) -> pd.DataFrame
         for metric in metrics:
             pairs = matched_pairs(runs, factor, a, b, free, metric)
             if pairs.empty:
+                rows.append({"comparison": name, "a": a, "b": b, "metric": metric, "stratum": "all",
+                             **paired_test([], [])})
                 continue
-            rows.append({"comparison": name, "a": a, "b": b, "metric": metric, "stratum": "all",
-                         **paired_test(pairs[f"{metric}_a"], pairs[f"{metric}_b"])})
-            if "embedding.dim" in pairs and pairs["embedding.dim"].nunique() > 1:
-                for dim, g in pairs.groupby("embedding.dim"):
-                    rows.append({"comparison": name, "a": a, "b": b, "metric": metric, "stratum": f"d={dim}",
-                                 **paired_test(g[f"{metric}_a"], g[f"{metric}_b"])})
+            for (ra, rb), group in pairs.groupby(["recipe_a", "recipe_b"], sort=True):
+                la, lb = (f"{a} ({ra})" if ra else a), (f"{b} ({rb})" if rb else b)
+                rows.append({"comparison": name, "a": la, "b": lb, "metric": metric, "stratum": "all",
+                             **paired_test(group[f"{metric}_a"], group[f"{metric}_b"])})
+                if "embedding.dim" in group and group["embedding.dim"].nunique() > 1:
+                    for dim, g in group.groupby("embedding.dim"):
+                        rows.append({"comparison": name, "a": la, "b": lb, "metric": metric, "stratum": f"d={dim}",
+                                     **paired_test(g[f"{metric}_a"], g[f"{metric}_b"])})
     return pd.DataFrame(rows)
 
 
@@ -156,8 +182,10 @@ def display_paired(paired: pd.DataFrame) -> pd.DataFrame:
     if paired.empty:
         return paired
     return pd.DataFrame({
-        "comparison": paired["comparison"], "metric": paired["metric"].map(METRIC_LABELS), "stratum": paired["stratum"],
-        "pairs": paired["n_pairs"], "mean a → b": [f"{x:.3f} → {y:.3f}" for x, y in zip(paired["mean_a"], paired["mean_b"])],
+        "comparison": [f"{a} → {b}" for a, b in zip(paired["a"], paired["b"])],
+        "metric": paired["metric"].map(METRIC_LABELS), "stratum": paired["stratum"],
+        "pairs": paired["n_pairs"], "mean a → b": [f"{fmt_ci(x, float('nan'))} → {fmt_ci(y, float('nan'))}"
+                                                  for x, y in zip(paired["mean_a"], paired["mean_b"])],
         "Δ (b−a) ± CI": [fmt_ci(d, h) for d, h in zip(paired["diff"], paired["diff_ci"])],
         "p (t)": paired["p_ttest"].map(fmt_p), "p (Wilcoxon)": paired["p_wilcoxon"].map(fmt_p),
         "b wins": [f"{w:.0%}" for w in paired["b_wins"]]})
