@@ -62,7 +62,8 @@ class DataConfig:
     root: Optional[str] = None
     """Directory (or file, for h5) holding the data set; unused for digits and signs."""
     split: str = "stratified"
-    """stratified: per-class train/test split; class_disjoint: test classes unseen in training."""
+    """stratified: per-class train/test split; class_disjoint: test classes unseen in training;
+    official: the data set's own split (MNIST train/t10k, LFW View 1 people)."""
     test_fraction: float = 0.2
     """Fraction of each class (stratified) or of the classes (class_disjoint) held out for test."""
     val_fraction: float = 0.0
@@ -183,7 +184,8 @@ def validate(cfg: RunConfig) -> None:
     d, m, e, t = cfg.data, cfg.model, cfg.embedding, cfg.train
     _check(0.0 < d.test_fraction < 1.0, "data.test_fraction", d.test_fraction, "a number in (0, 1)")
     _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "a number in [0, 1)")
-    _check(d.split in ("stratified", "class_disjoint"), "data.split", d.split, "stratified or class_disjoint")
+    _check(d.split in ("stratified", "class_disjoint", "official"), "data.split", d.split,
+           "stratified, class_disjoint or official")
     _check(d.n_per_class is None or d.n_per_class >= 2, "data.n_per_class", d.n_per_class, "an integer >= 2 or null")
     _check(d.min_images_per_class >= 2, "data.min_images_per_class", d.min_images_per_class, "an integer >= 2")
     _check(d.image_size is None or d.image_size >= 8, "data.image_size", d.image_size, "an integer >= 8 or null")

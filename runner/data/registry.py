@@ -59,6 +59,8 @@ FILE_SETS: dict[str, Callable[[DataConfig], ImageFiles]] = {
 """Sets of image files, decoded to data.image_size (default 64) by load_dataset."""
 ROOT_KINDS = {"mnist": "dir", "fashion_mnist": "dir", "folder": "dir", "lfw": "dir", "h5": "file"}
 """Loaders that read data.root, and whether it names a directory or a file."""
+NO_OFFICIAL_SPLIT = ("digits", "signs", "folder")
+"""Sets that define no split of their own (data.split: official is refused before loading)."""
 
 
 def dataset_names() -> list[str]:
@@ -88,8 +90,11 @@ def load_dataset(cfg: DataConfig, progress: bool = False) -> ImageSet:
 
 
 def check_data(cfg: DataConfig) -> None:
-    """Cheap checks that need no loading (before submission): the name, and that data.root exists."""
+    """Cheap checks that need no loading (before submission): the name, the split, that data.root exists."""
     check_name(cfg.name)
+    if cfg.split == "official" and cfg.name in NO_OFFICIAL_SPLIT:
+        raise ConfigError("data.split", cfg.split, f"a data set with its own split; {cfg.name} has none: "
+                          "use stratified or class_disjoint")
     kind = ROOT_KINDS.get(cfg.name)
     if kind is None:
         return

@@ -1,4 +1,7 @@
-"""Train/test (and validation) splits: stratified per class, or class-disjoint."""
+"""Train/test (and validation) splits: stratified per class, class-disjoint, or the set's own.
+
+What was done is recorded in the splits' `meta["split"]`, which the run stores.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from runner.config import DataConfig
+from runner.config import ConfigError, DataConfig
 from runner.data.image_set import ImageSet
 
 
@@ -16,6 +19,10 @@ class Splits:
     train: ImageSet
     test: ImageSet
     val: Optional[ImageSet] = None
+    query: Optional[ImageSet] = None
+    """With `gallery`: the set's own query/gallery split (In-Shop); `test` is then their union.
+    Queries are retrieved among the gallery images; None for every other split."""
+    gallery: Optional[ImageSet] = None
 
 
 def _stratified(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -29,16 +36,34 @@ def _stratified(labels: np.ndarray, fraction: float, rng: np.random.Generator) -
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
+def _official(ds: ImageSet, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, test rows) of the set's own split; test = test, or query + gallery."""
+    why = f" ({ds.meta['official']})" if ds.meta.get("official") else ""
+    if ds.partition is None:
+        raise ConfigError("data.split", cfg.split, f"a data set with its own split; {cfg.name} has none{why}: "
+                          "use stratified or class_disjoint")
+    train = np.flatnonzero(ds.partition == "train")
+    test = np.flatnonzero(np.isin(ds.partition, ("test", "query", "gallery")))
+    if not len(train) or not len(test):
+        present = sorted(set(ds.partition.tolist()) - {""}) or ["nothing"]
+        raise ConfigError("data.split", cfg.split, f"a data set with both parts of its own split; {cfg.name} "
+                          f"has only {' and '.join(present)} here{why}")
+    return train, test
+
+
 def split_dataset(ds: ImageSet, cfg: DataConfig) -> Splits:
     """Train/test (and optional validation) split from cfg.split_seed.
 
     stratified: every class appears in train and test. class_disjoint: whole classes
-    are held out, so the test measures generalisation to unseen identities.
+    are held out, so the test measures generalisation to unseen identities. official:
+    the data set's own split (ds.partition), with In-Shop's query and gallery kept apart.
     n_per_class then caps the training images per class (the test split is untouched).
     """
     rng = np.random.default_rng(cfg.split_seed)
     labels = ds.labels.numpy()
-    if cfg.split == "stratified":
+    if cfg.split == "official":
+        train_idx, test_idx = _official(ds, cfg)
+    elif cfg.split == "stratified":
         train_idx, test_idx = _stratified(labels, cfg.test_fraction, rng)
     else:
         classes = rng.permutation(np.unique(labels))
@@ -48,8 +73,31 @@ def split_dataset(ds: ImageSet, cfg: DataConfig) -> Splits:
     if cfg.n_per_class is not None:
         train_idx = np.sort(np.concatenate([rng.permutation(train_idx[labels[train_idx] == c])[:cfg.n_per_class]
                                             for c in np.unique(labels[train_idx])]))
-    val = None
+    val_idx = None
     if cfg.val_fraction > 0:
         keep, held = _stratified(labels[train_idx], cfg.val_fraction, rng)
-        train_idx, val = train_idx[keep], ds.subset(train_idx[held])
-    return Splits(ds.subset(train_idx), ds.subset(test_idx), val)
+        train_idx, val_idx = train_idx[keep], train_idx[held]
+    return _assemble(ds, cfg, train_idx, test_idx, val_idx)
+
+
+def _assemble(ds: ImageSet, cfg: DataConfig, train_idx: np.ndarray, test_idx: np.ndarray,
+              val_idx: Optional[np.ndarray]) -> Splits:
+    """The Splits of these rows, each part's meta carrying the record of how they were made."""
+    parts = {"train": train_idx, "test": test_idx}
+    if val_idx is not None:
+        parts["val"] = val_idx
+    if cfg.split == "official" and np.isin(ds.partition[test_idx], ("query", "gallery")).any():
+        parts["query"] = test_idx[ds.partition[test_idx] == "query"]
+        parts["gallery"] = test_idx[ds.partition[test_idx] == "gallery"]
+    record = {"split": cfg.split, "split_seed": cfg.split_seed, "sizes": {k: int(len(v)) for k, v in parts.items()}}
+    if cfg.split == "official":
+        record["official"] = ds.meta.get("official", "")
+        # images the set's split leaves out (LFW people named in neither View 1 list)
+        record["unassigned"] = int(np.isin(ds.partition, ("train", "test", "query", "gallery"), invert=True).sum())
+    else:
+        record["test_fraction"] = cfg.test_fraction
+    meta = {**ds.meta, "split": record}
+    subsets = {k: ds.subset(v) for k, v in parts.items()}
+    for part in subsets.values():
+        part.meta = meta
+    return Splits(subsets["train"], subsets["test"], subsets.get("val"), subsets.get("query"), subsets.get("gallery"))
