@@ -58,12 +58,14 @@ def _check(ok: bool, key: str, value: Any, expected: str) -> None:
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "digits"
-    """Data set: digits (embedded), mnist, fashion_mnist, folder, lfw, signs (synthetic), h5 (packed)."""
+    """Data set: digits (embedded), mnist, fashion_mnist, folder, lfw, signs (synthetic), cub, cars, sop,
+    inshop (the metric-learning benchmarks, as distributed), h5 (packed)."""
     root: Optional[str] = None
     """Directory (or file, for h5) holding the data set; unused for digits and signs."""
     split: str = "stratified"
     """stratified: per-class train/test split; class_disjoint: test classes unseen in training;
-    official: the data set's own split (MNIST train/t10k, LFW View 1 people)."""
+    official: the data set's own split (MNIST train/t10k, LFW View 1 people, CUB/Cars/SOP class
+    halves, In-Shop train vs query + gallery)."""
     test_fraction: float = 0.2
     """Fraction of each class (stratified) or of the classes (class_disjoint) held out for test."""
     val_fraction: float = 0.0

@@ -1,6 +1,6 @@
 """Data sets that are lists of image files: the list (`ImageFiles`), reading list files, decoding.
 
-A file loader (folder, for one) only reads its set's list files into an
+A file loader (folder, cub, cars, sop, inshop) only reads its set's list files into an
 `ImageFiles`: paths, labels, class names and the set's own split, no pixels. `decode_files`
 turns that into an `ImageSet` at one square size, in a thread pool, into one preallocated
 array (so peak memory is the decoded set, not two or three copies of it).

@@ -16,13 +16,17 @@ import torch
 from sklearn.datasets import load_digits
 
 from runner.config import ConfigError, DataConfig, suggest
+from runner.data.cars import cars_files
+from runner.data.cub import cub_files
 from runner.data.folder import folder_files
 from runner.data.image_files import ImageFiles, decode_files
 from runner.data.image_set import ImageSet, drop_rare_classes, resize_uint8
+from runner.data.inshop import inshop_files
 from runner.data.lfw import load_lfw
 from runner.data.mnist import load_fashion_mnist, load_mnist
 from runner.data.packed import read_pack
 from runner.data.paths import DEFAULT_SIZE, DOCS
+from runner.data.sop import sop_files
 from runner.data.synthetic_signs import generate_signs
 
 
@@ -55,9 +59,14 @@ LOADERS: dict[str, Callable[[DataConfig], ImageSet]] = {
 }
 FILE_SETS: dict[str, Callable[[DataConfig], ImageFiles]] = {
     "folder": folder_files,
+    "cub": cub_files,
+    "cars": cars_files,
+    "sop": sop_files,
+    "inshop": inshop_files,
 }
 """Sets of image files, decoded to data.image_size (default 64) by load_dataset."""
-ROOT_KINDS = {"mnist": "dir", "fashion_mnist": "dir", "folder": "dir", "lfw": "dir", "h5": "file"}
+ROOT_KINDS = {"mnist": "dir", "fashion_mnist": "dir", "folder": "dir", "lfw": "dir", "h5": "file",
+              "cub": "dir", "cars": "dir", "sop": "dir", "inshop": "dir"}
 """Loaders that read data.root, and whether it names a directory or a file."""
 NO_OFFICIAL_SPLIT = ("digits", "signs", "folder")
 """Sets that define no split of their own (data.split: official is refused before loading)."""
