@@ -13,6 +13,7 @@ from PIL import Image
 
 from runner.config import ConfigError, DataConfig, RunConfig
 from runner.data import check_data, load_dataset, split_dataset
+from runner.data.__main__ import pack
 from runner.data.packed import read_pack
 from tests.test_datasets import LFW_PEOPLE, make_lfw, make_mnist
 
@@ -285,7 +286,7 @@ def test_inshop_missing_and_truncated_list(tmp_path):
     assert "missing list_eval_partition.txt " in str(err.value) and "query or gallery" in str(err.value)
 
 
-# ---------------------------------------------------------------- every loader's root, the pack CLI
+# ---------------------------------------------------------------- every loader's root, packing, the pack CLI
 
 @pytest.mark.parametrize("name", ["cub", "cars", "sop", "inshop"])
 def test_missing_root_names_the_layout(name, tmp_path):
@@ -294,6 +295,24 @@ def test_missing_root_names_the_layout(name, tmp_path):
     assert err.value.key == "data.root" and "docs/datasets.md" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(ConfigError, match="an existing directory"):
         check_data(DataConfig(name=name, root=str(tmp_path / "nowhere")))
+
+
+def test_pack_keeps_partition_files_and_groups(tmp_path):
+    make_inshop(tmp_path / "shop")
+    ds, out = pack("inshop", str(tmp_path / "shop"), tmp_path / "shop.h5", image_size=16, group_by=r"^(\d+)_")
+    back = read_pack(str(out))
+    for key in ("partition", "files", "groups"):
+        assert getattr(back, key).tolist() == getattr(ds, key).tolist()
+    assert back.groups.tolist()[:3] == ["01", "02", "01"]
+    # a run's own group_by is applied to the packed file names
+    regrouped = load_dataset(DataConfig(name="h5", root=str(out), group_by=r"_\d+_(\w+)\.jpg$"))
+    assert set(regrouped.groups.tolist()) == {"front"}
+    h5 = DataConfig(name="h5", root=str(out), split="official")
+    a = split_dataset(load_dataset(h5), h5)
+    b = split_dataset(ds, cfg_for("inshop", tmp_path / "shop", split="official"))
+    for part in ("train", "test", "query", "gallery"):
+        assert torch.equal(getattr(a, part).index, getattr(b, part).index)
+        assert torch.equal(getattr(a, part).images, getattr(b, part).images)
 
 
 def test_pack_cli_shows_progress_on_stderr(tmp_path, subprocess_env):

@@ -20,15 +20,17 @@ NO_ROOT = ("signs", "digits")
 
 
 def pack(name: str, src: str, out: Path, image_size: Optional[int] = None, min_images_per_class: int = 1,
-         compression: str = "none", progress: bool = False) -> tuple[ImageSet, Path]:
+         compression: str = "none", group_by: Optional[str] = None, progress: bool = False) -> tuple[ImageSet, Path]:
     """Load `src` with loader `name` (as training would) and write it to `out`.
 
-    The set's own split and file names go along (ImageSet.partition, files).
+    The set's own split, file names and groups (with group_by) go along, so a run on the file
+    can use data.split: official and data.group_by as on the source.
     """
     root = None if name in NO_ROOT else str(Path(src).expanduser().resolve())
-    cfg = DataConfig(name=name, root=root, image_size=image_size, min_images_per_class=min_images_per_class)
+    cfg = DataConfig(name=name, root=root, image_size=image_size, min_images_per_class=min_images_per_class,
+                     group_by=group_by)
     ds = load_dataset(cfg, progress=progress)
-    source = {"name": name, "root": root, "image_size": image_size}
+    source = {"name": name, "root": root, "image_size": image_size, "group_by": group_by}
     return ds, write_pack(ds, out, source, compression)
 
 
@@ -44,12 +46,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--min-images-per-class", type=int, default=1, help="drop rarer classes (default: keep all)")
     p.add_argument("--compression", choices=["none", "gzip", "lzf"], default="none",
                    help="none reads fastest; gzip (any HDF5 tool) or lzf (h5py) shrink files of clean images")
+    p.add_argument("--group-by", default=None, help="also store groups: a regex with one capture group over "
+                   "the file names (data.group_by)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr while decoding")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
         ds, out = pack(args.name, args.src, args.out, args.image_size, args.min_images_per_class, args.compression,
-                       progress=not args.no_progress)
+                       args.group_by, progress=not args.no_progress)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -4,18 +4,20 @@ uint8 images (N×C×H×W), integer labels, class names and the index of each ima
 its source, so that a split can always be traced back to the files it came from; and,
 where the source knows them, per-image facts that splits use: the set's own split
 (`partition`), the file names (`files`) and the groups of images that belong together
-(`groups`).
+(`groups`, from data.group_by over the file names).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Optional
 
 import numpy as np
 import torch
 
-from runner.config import ConfigError
+from runner.config import ConfigError, check_group_by
 
 
 @dataclass
@@ -37,7 +39,7 @@ class ImageSet:
     files: Optional[np.ndarray] = None
     """Optional str, N: each image's file, relative to the set's folder (loaders that read files)."""
     groups: Optional[np.ndarray] = None
-    """Optional str, N: the group of each image (a track, an object); a group stays on one side of a split."""
+    """Optional str, N: the group of each image (data.group_by); a group stays on one side of a split."""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -76,3 +78,20 @@ def drop_rare_classes(ds: ImageSet, min_count: int) -> ImageSet:
         out.parents = [ds.parents[i] for i in keep.tolist()]
     return out
 
+
+def assign_groups(ds: ImageSet, pattern: str, name: str) -> ImageSet:
+    """Set ds.groups to the first capture group of `pattern` searched in each file's base name."""
+    if ds.files is None:
+        raise ConfigError("data.group_by", pattern, "a data set whose images have file names (folder, cub, "
+                          f"cars, sop, inshop, or h5 packed from one of them); {name} has none")
+    check_group_by(pattern)
+    regex = re.compile(pattern)
+    groups = []
+    for path in ds.files.tolist():
+        found = regex.search(PurePosixPath(path).name)
+        if found is None or found.group(1) is None:
+            raise ConfigError("data.group_by", pattern, f"a pattern whose group matches every file name "
+                              f"(not {PurePosixPath(path).name!r}, {path})")
+        groups.append(found.group(1))
+    ds.groups = np.asarray(groups, dtype=str)
+    return ds

@@ -7,7 +7,7 @@ SRC OUT.h5 --name folder` writes it, `data: {name: h5, root: OUT.h5}` reads it.
 Layout: datasets `images` (uint8 N×C×H×W), `labels` (int64 N), `index` (int64 N,
 ids in the source), `class_names` (str), optional `parents` (str, one per class),
 optional per-image str `partition` (the set's own split), `files` and `groups`;
-attrs `format`, `source` (JSON: name, root, image_size of the packed loader) and
+attrs `format`, `source` (JSON: name, root, image_size, group_by of the packed loader) and
 `meta` (JSON: the source ImageSet's meta, e.g. its family).
 """
 

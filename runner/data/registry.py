@@ -20,7 +20,7 @@ from runner.data.cars import cars_files
 from runner.data.cub import cub_files
 from runner.data.folder import folder_files
 from runner.data.image_files import ImageFiles, decode_files
-from runner.data.image_set import ImageSet, drop_rare_classes, resize_uint8
+from runner.data.image_set import ImageSet, assign_groups, drop_rare_classes, resize_uint8
 from runner.data.inshop import inshop_files
 from runner.data.lfw import load_lfw
 from runner.data.mnist import load_fashion_mnist, load_mnist
@@ -83,7 +83,7 @@ def check_name(name: str) -> None:
 
 
 def load_dataset(cfg: DataConfig, progress: bool = False) -> ImageSet:
-    """Load the data set named by cfg.name, drop rare classes and resize when asked.
+    """Load the data set named by cfg.name, group it, drop rare classes and resize when asked.
 
     progress: a bar on stderr while image files are decoded (runner.data pack).
     """
@@ -92,6 +92,8 @@ def load_dataset(cfg: DataConfig, progress: bool = False) -> ImageSet:
         ds = decode_files(FILE_SETS[cfg.name](cfg), cfg.image_size or DEFAULT_SIZE, progress)
     else:
         ds = LOADERS[cfg.name](cfg)
+    if cfg.group_by is not None:
+        ds = assign_groups(ds, cfg.group_by, cfg.name)
     ds = drop_rare_classes(ds, cfg.min_images_per_class)
     if cfg.image_size is not None and ds.images.shape[-1] != cfg.image_size:
         ds.images = resize_uint8(ds.images, cfg.image_size)

@@ -1,6 +1,8 @@
 """Train/test (and validation) splits: stratified per class, class-disjoint, or the set's own.
 
-What was done is recorded in the splits' `meta["split"]`, which the run stores.
+With data.group_by, every image of one group (a track, an object, a session) stays on one
+side of each stratified cut (train/test and train/val). What was done is recorded in the
+splits' `meta["split"]`, which the run stores.
 """
 
 from __future__ import annotations
@@ -36,6 +38,28 @@ def _stratified(labels: np.ndarray, fraction: float, rng: np.random.Generator) -
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
+def _stratified_groups(labels: np.ndarray, groups: np.ndarray, fraction: float, rng: np.random.Generator,
+                       ds: ImageSet, pattern: str, side: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, hold out round(fraction·g) of its g groups (at least 1, leaving at least 1).
+
+    A group is a class's images sharing a key: keys are not compared across classes (GTSRB
+    numbers its tracks per class folder). A class with one group cannot be split: ConfigError.
+    """
+    keep, held = [], []
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        keys, inverse = np.unique(groups[rows], return_inverse=True)
+        if len(keys) < 2:
+            raise ConfigError("data.group_by", pattern, f"at least 2 groups in every class to split off {side} "
+                              f"(class {ds.class_names[c]!r} has one: {str(keys[0])!r}); drop such classes from "
+                              "data.root or use split: class_disjoint")
+        chosen = rng.permutation(len(keys))[:min(max(1, int(round(fraction * len(keys)))), len(keys) - 1)]
+        out = np.isin(inverse.reshape(-1), chosen)
+        held.append(rows[out])
+        keep.append(rows[~out])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+
+
 def _official(ds: ImageSet, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     """(train rows, test rows) of the set's own split; test = test, or query + gallery."""
     why = f" ({ds.meta['official']})" if ds.meta.get("official") else ""
@@ -61,8 +85,14 @@ def split_dataset(ds: ImageSet, cfg: DataConfig) -> Splits:
     """
     rng = np.random.default_rng(cfg.split_seed)
     labels = ds.labels.numpy()
+    grouped = cfg.group_by is not None
+    if grouped and ds.groups is None:
+        raise ConfigError("data.group_by", cfg.group_by, "an ImageSet with groups (runner.data.load_dataset "
+                          "assigns them from the file names)")
     if cfg.split == "official":
         train_idx, test_idx = _official(ds, cfg)
+    elif cfg.split == "stratified" and grouped:
+        train_idx, test_idx = _stratified_groups(labels, ds.groups, cfg.test_fraction, rng, ds, cfg.group_by, "test")
     elif cfg.split == "stratified":
         train_idx, test_idx = _stratified(labels, cfg.test_fraction, rng)
     else:
@@ -75,7 +105,11 @@ def split_dataset(ds: ImageSet, cfg: DataConfig) -> Splits:
                                             for c in np.unique(labels[train_idx])]))
     val_idx = None
     if cfg.val_fraction > 0:
-        keep, held = _stratified(labels[train_idx], cfg.val_fraction, rng)
+        if grouped:
+            keep, held = _stratified_groups(labels[train_idx], ds.groups[train_idx], cfg.val_fraction, rng, ds,
+                                            cfg.group_by, "validation")
+        else:
+            keep, held = _stratified(labels[train_idx], cfg.val_fraction, rng)
         train_idx, val_idx = train_idx[keep], train_idx[held]
     return _assemble(ds, cfg, train_idx, test_idx, val_idx)
 
@@ -96,6 +130,10 @@ def _assemble(ds: ImageSet, cfg: DataConfig, train_idx: np.ndarray, test_idx: np
         record["unassigned"] = int(np.isin(ds.partition, ("train", "test", "query", "gallery"), invert=True).sum())
     else:
         record["test_fraction"] = cfg.test_fraction
+    if cfg.group_by is not None:
+        record["group_by"] = cfg.group_by
+        labels = ds.labels.numpy()
+        record["groups"] = {k: len(set(zip(labels[v].tolist(), ds.groups[v].tolist()))) for k, v in parts.items()}
     meta = {**ds.meta, "split": record}
     subsets = {k: ds.subset(v) for k, v in parts.items()}
     for part in subsets.values():
