@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -58,11 +59,14 @@ def _check(ok: bool, key: str, value: Any, expected: str) -> None:
 @dataclass(frozen=True)
 class DataConfig:
     name: str = "digits"
-    """Data set: digits (embedded), mnist, fashion_mnist, folder, lfw, signs (synthetic), h5 (packed)."""
+    """Data set: digits (embedded), mnist, fashion_mnist, folder, lfw, signs (synthetic), cub, cars, sop,
+    inshop (the metric-learning benchmarks, as distributed), h5 (packed)."""
     root: Optional[str] = None
     """Directory (or file, for h5) holding the data set; unused for digits and signs."""
     split: str = "stratified"
-    """stratified: per-class train/test split; class_disjoint: test classes unseen in training."""
+    """stratified: per-class train/test split; class_disjoint: test classes unseen in training;
+    official: the data set's own split (MNIST train/t10k, LFW View 1 people, CUB/Cars/SOP class
+    halves, In-Shop train vs query + gallery)."""
     test_fraction: float = 0.2
     """Fraction of each class (stratified) or of the classes (class_disjoint) held out for test."""
     val_fraction: float = 0.0
@@ -79,6 +83,10 @@ class DataConfig:
     """Random horizontal flips; None picks per data set (never for digits or signs)."""
     split_seed: int = 0
     """Seed of the train/test split, kept apart from the training seed so seeds share a split."""
+    group_by: Optional[str] = None
+    """A regular expression with one capture group, searched in each image's file name (e.g. ^(\\d+)_
+    for <track>_<frame>.ppm): images of a class with the same captured text are one group, kept on
+    one side of the stratified train/test and train/val cuts. None: images are split one by one."""
 
 
 @dataclass(frozen=True)
@@ -183,7 +191,10 @@ def validate(cfg: RunConfig) -> None:
     d, m, e, t = cfg.data, cfg.model, cfg.embedding, cfg.train
     _check(0.0 < d.test_fraction < 1.0, "data.test_fraction", d.test_fraction, "a number in (0, 1)")
     _check(0.0 <= d.val_fraction < 1.0, "data.val_fraction", d.val_fraction, "a number in [0, 1)")
-    _check(d.split in ("stratified", "class_disjoint"), "data.split", d.split, "stratified or class_disjoint")
+    _check(d.split in ("stratified", "class_disjoint", "official"), "data.split", d.split,
+           "stratified, class_disjoint or official")
+    if d.group_by is not None:
+        check_group_by(d.group_by)
     _check(d.n_per_class is None or d.n_per_class >= 2, "data.n_per_class", d.n_per_class, "an integer >= 2 or null")
     _check(d.min_images_per_class >= 2, "data.min_images_per_class", d.min_images_per_class, "an integer >= 2")
     _check(d.image_size is None or d.image_size >= 8, "data.image_size", d.image_size, "an integer >= 8 or null")
@@ -216,6 +227,15 @@ def validate(cfg: RunConfig) -> None:
     _check(t.num_threads >= 0, "train.num_threads", t.num_threads, "an integer >= 0")
     for key, margin in (("loss.margin", cfg.loss.margin), ("miner.margin", cfg.miner.margin)):
         _check(margin is None or margin >= 0, key, margin, "a number >= 0 or null")
+
+
+def check_group_by(pattern: str) -> None:
+    """data.group_by compiles and has one capture group, or a one-line ConfigError."""
+    try:
+        groups = re.compile(pattern).groups
+    except re.error as err:
+        raise ConfigError("data.group_by", pattern, f"a regular expression ({err})") from None
+    _check(groups == 1, "data.group_by", pattern, f"a regular expression with exactly one capture group (has {groups})")
 
 
 # ---------------------------------------------------------------- dict <-> dataclass

@@ -86,3 +86,93 @@ def test_random_sampler_covers_each_sample_at_most_once():
     s = RandomBatchSampler(np.zeros(100), 10, seed=0)
     flat = np.concatenate(s.batches(0))
     assert len(flat) == 100 and len(set(flat)) == 100
+
+
+# ---------------------------------------------------------------- grouped splits (data.group_by)
+
+TRACK = r"^(\d+)_"
+
+
+def make_tracks(root, tracks=(4, 4, 5), frames=3):
+    """GTSRB-style class folders of <track>_<frame>.png; track numbers restart in every class folder."""
+    from PIL import Image
+    for c, n_tracks in enumerate(tracks):
+        (root / f"class_{c}").mkdir(parents=True)
+        for t in range(n_tracks):
+            for f in range(frames):
+                Image.new("L", (6, 6), 20 * t + f).save(root / f"class_{c}" / f"{t:05d}_{f:05d}.png")
+
+
+def group_sides(splits):
+    """(class, track) -> the set of split parts holding its images."""
+    sides = {}
+    for part in ("train", "test", "val"):
+        ds = getattr(splits, part)
+        for label, group in zip(ds.labels.tolist(), ds.groups.tolist()):
+            sides.setdefault((label, group), set()).add(part)
+    return sides
+
+
+def test_grouped_split_keeps_each_track_on_one_side(tmp_path):
+    make_tracks(tmp_path)
+    cfg = DataConfig(name="folder", root=str(tmp_path), image_size=8, group_by=TRACK, test_fraction=0.25,
+                     val_fraction=0.34)
+    ds = load_dataset(cfg)
+    assert ds.groups.tolist()[:4] == ["00000", "00000", "00000", "00001"]
+    s = split_dataset(ds, cfg)
+    sides = group_sides(s)
+    assert len(sides) == 13 and all(len(v) == 1 for v in sides.values())  # 4 + 4 + 5 tracks, none cut
+    for part in (s.train, s.test, s.val):  # every class on every side, with whole tracks
+        assert set(part.labels.tolist()) == {0, 1, 2}
+    assert len(s.train) + len(s.test) + len(s.val) == len(ds)
+    record = s.train.meta["split"]
+    assert record["group_by"] == TRACK and record["groups"] == {"train": 7, "test": 3, "val": 3}
+    again = split_dataset(ds, cfg)
+    assert torch.equal(again.test.index, s.test.index)
+    other = split_dataset(ds, DataConfig(name="folder", group_by=TRACK, test_fraction=0.25, split_seed=5))
+    assert not torch.equal(other.test.index, s.test.index)
+    # image by image, the same settings cut tracks (the case grouping exists for)
+    plain = split_dataset(ds, DataConfig(name="folder", test_fraction=0.25, val_fraction=0.34))
+    assert any(len(v) > 1 for v in group_sides(plain).values())
+
+
+def test_grouped_split_class_with_one_track_is_an_error(tmp_path):
+    make_tracks(tmp_path, tracks=(3, 1, 3))
+    cfg = DataConfig(name="folder", root=str(tmp_path), image_size=8, group_by=TRACK)
+    with pytest.raises(ConfigError, match="class 'class_1' has one: '00000'") as err:
+        split_dataset(load_dataset(cfg), cfg)
+    assert err.value.key == "data.group_by" and "\n" not in str(err.value)
+
+
+def test_group_by_needs_file_names_that_match(tmp_path):
+    make_tracks(tmp_path)
+    from PIL import Image
+    Image.new("L", (6, 6)).save(tmp_path / "class_0" / "stray.png")
+    with pytest.raises(ConfigError, match="not 'stray.png'"):
+        load_dataset(DataConfig(name="folder", root=str(tmp_path), group_by=TRACK))
+    with pytest.raises(ConfigError, match="digits has none") as err:
+        load_dataset(DataConfig(group_by=TRACK))
+    assert err.value.key == "data.group_by"
+
+
+@pytest.mark.parametrize("pattern,expected", [("^\\d+_", "has 0"), ("(\\d+)_(\\d+)", "has 2"),
+                                              ("(\\d+", "a regular expression")])
+def test_group_by_is_validated(pattern, expected):
+    from runner.config import RunConfig
+    with pytest.raises(ConfigError, match=expected) as err:
+        RunConfig(data=DataConfig(group_by=pattern))
+    assert err.value.key == "data.group_by"
+
+
+def test_ungrouped_splits_are_those_of_before():
+    """Index sets pinned from the code before official and grouped splits existed: same seeds, same splits."""
+    import hashlib
+    import json
+    ds = load_dataset(DataConfig())
+    pinned = {("stratified", 0, 0.25, None): "5ddbf45ac3a9b004", ("stratified", 7, 0.2, 10): "4be434b9a67e21d5",
+              ("class_disjoint", 0, 0.0, None): "90f228f1c0a81479", ("class_disjoint", 1, 0.2, 10): "cbba40a3ec7c05c8"}
+    for (split, seed, val, cap), digest in pinned.items():
+        s = split_dataset(ds, DataConfig(split=split, split_seed=seed, val_fraction=val, n_per_class=cap,
+                                         test_fraction=0.3))
+        parts = [s.train.index.tolist(), s.test.index.tolist(), None if s.val is None else s.val.index.tolist()]
+        assert hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16] == digest

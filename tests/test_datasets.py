@@ -257,6 +257,25 @@ def test_pack_round_trip_signs(tmp_path, signs):
     assert_same(signs, load_dataset(DataConfig(name="h5", root=str(out))))
 
 
+def test_per_image_arrays_survive_subset_drop_and_pack(tmp_path):
+    from runner.data import ImageSet, drop_rare_classes
+    from runner.data.packed import write_pack
+    n = 7
+    ds = ImageSet(torch.arange(n * 12, dtype=torch.uint8).reshape(n, 1, 3, 4), torch.tensor([0, 0, 1, 2, 2, 2, 0]),
+                  ["a", "b", "c"], torch.arange(10, 10 + n), partition=np.array(["train"] * 4 + ["test"] * 3),
+                  files=np.array([f"x/{i}_{i % 2}.png" for i in range(n)]), groups=np.array(list("pqrstuv")))
+    kept = drop_rare_classes(ds, 2)  # class b has one image: row 2 goes, labels are renumbered
+    assert kept.index.tolist() == [10, 11, 13, 14, 15, 16]
+    assert kept.partition.tolist() == ["train", "train", "train", "test", "test", "test"]
+    assert kept.files[2] == "x/3_1.png" and kept.groups.tolist() == list("pqstuv")
+    back = read_pack(str(write_pack(kept, tmp_path / "x.h5", {"name": "test"})))
+    for key in ("partition", "files", "groups"):
+        assert getattr(back, key).tolist() == getattr(kept, key).tolist()
+    assert torch.equal(back.images, kept.images) and back.labels.tolist() == [0, 0, 1, 1, 1, 0]
+    plain = read_pack(str(write_pack(ImageSet(ds.images, ds.labels, ds.class_names, ds.index), tmp_path / "y.h5", {})))
+    assert plain.partition is None and plain.files is None and plain.groups is None
+
+
 def test_pack_cli(tmp_path, subprocess_env):
     make_folder(tmp_path / "crops")
     out = tmp_path / "packed.h5"

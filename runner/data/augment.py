@@ -40,8 +40,10 @@ LEVELS = {
 # family -> (level, flips). Signs and digits carry arrows and text: never flip them.
 # Signs: light, not strong: strong warps underfit a 300-step budget (docs/small-data.md:
 # synthetic signs, 10/class, 1-NN none 0.468, light 0.422, strong 0.314; 1 seed).
+# Birds, cars, products and clothes are mirror-symmetric: the metric-learning recipes all flip them.
 FAMILY_DEFAULTS = {"digits": ("light", False), "mnist": ("light", False), "signs": ("light", False),
-                   "faces": ("light", True), "folder": ("light", False)}
+                   "faces": ("light", True), "folder": ("light", False), "birds": ("light", True),
+                   "cars": ("light", True), "products": ("light", True), "clothes": ("light", True)}
 
 
 def policy_for(cfg: DataConfig, family: str) -> AugmentPolicy:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import torch
-from PIL import Image
 
 from runner.config import ConfigError, DataConfig
+from runner.data.image_files import ImageFiles, decode_files
 from runner.data.image_set import ImageSet
-from runner.data.paths import DEFAULT_SIZE, DOCS, IMAGE_SUFFIXES, one_line, root_dir
+from runner.data.paths import DEFAULT_SIZE, DOCS, IMAGE_SUFFIXES, root_dir
+
+FOLDER_LAYOUT = "a directory with one sub-folder of images per class"
 
 
 def list_folder(root: Path) -> tuple[list[str], list[Path], list[int]]:
@@ -28,41 +27,17 @@ def list_folder(root: Path) -> tuple[list[str], list[Path], list[int]]:
     return class_names, files, labels
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """A file as a size×size uint8 array: H×W for grey images, H×W×3 otherwise."""
-    try:
-        with Image.open(path) as img:
-            img.draft(img.mode, (size, size))  # JPEG: decode at 1/2..1/8 scale when still >= size
-            grey = img.mode in ("1", "L", "LA", "I", "I;16", "F")
-            img = img.convert("L" if grey else "RGB").resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(img)
-    except (OSError, ValueError, SyntaxError) as err:  # PIL's ways of saying "not a valid image"
-        raise ConfigError("data.root", str(path), f"a readable image file ({one_line(err)})") from None
-
-
-def _n_workers() -> int:
-    # the CPUs this process may use (a SLURM allocation), not the node's core count
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(16, cpus))
-
-
-def load_folder(cfg: DataConfig) -> ImageSet:
-    """One sub-folder per class; images resized to image_size (default 64), RGB unless all grey."""
-    root = root_dir(cfg, "a directory with one sub-folder of images per class")
+def folder_files(cfg: DataConfig) -> ImageFiles:
+    """The class folders' image files (classes by name, then files by name)."""
+    root = root_dir(cfg, FOLDER_LAYOUT)
     class_names, files, labels = list_folder(root)
     if not files:
         raise ConfigError("data.root", str(root), f"sub-folders holding {'/'.join(sorted(IMAGE_SUFFIXES))} "
                           f"images ({DOCS})")
-    size = cfg.image_size or DEFAULT_SIZE
-    # PIL releases the GIL while decoding and resizing, so threads overlap the work; chunks of
-    # 256 files keep the per-task overhead small next to decoding small crops
-    chunks = [files[i:i + 256] for i in range(0, len(files), 256)]
-    with ThreadPoolExecutor(min(_n_workers(), len(chunks))) as pool:
-        arrays = [a for chunk in pool.map(lambda c: [decode_image(p, size) for p in c], chunks) for a in chunk]
-    if all(a.ndim == 2 for a in arrays):
-        images = np.stack(arrays)[:, None]
-    else:
-        images = np.stack([a if a.ndim == 3 else np.repeat(a[:, :, None], 3, 2) for a in arrays])
-        images = images.transpose(0, 3, 1, 2)
-    return ImageSet(torch.from_numpy(np.ascontiguousarray(images)), torch.tensor(labels, dtype=torch.long),
-                    class_names, torch.arange(len(files)), meta={"family": "folder", "root": str(root)})
+    return ImageFiles(root, [p.relative_to(root).as_posix() for p in files], np.asarray(labels, dtype=np.int64),
+                      class_names, np.arange(len(files)), FOLDER_LAYOUT, meta={"family": "folder"})
+
+
+def load_folder(cfg: DataConfig, progress: bool = False) -> ImageSet:
+    """One sub-folder per class; images resized to image_size (default 64), RGB unless all grey."""
+    return decode_files(folder_files(cfg), cfg.image_size or DEFAULT_SIZE, progress)

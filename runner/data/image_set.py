@@ -1,18 +1,23 @@
 """`ImageSet`: the in-memory form every loader returns, and the operations on it.
 
 uint8 images (N×C×H×W), integer labels, class names and the index of each image in
-its source, so that a split can always be traced back to the files it came from.
+its source, so that a split can always be traced back to the files it came from; and,
+where the source knows them, per-image facts that splits use: the set's own split
+(`partition`), the file names (`files`) and the groups of images that belong together
+(`groups`, from data.group_by over the file names).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 from typing import Optional
 
 import numpy as np
 import torch
 
-from runner.config import ConfigError
+from runner.config import ConfigError, check_group_by
 
 
 @dataclass
@@ -28,14 +33,23 @@ class ImageSet:
     """Optional coarse class of each class (a known two-level hierarchy)."""
     meta: dict = field(default_factory=dict)
     """Free-form facts about the source (root, family) stored in run.h5."""
+    partition: Optional[np.ndarray] = None
+    """Optional str, N: the set's own split of each image (train, test, query, gallery; '' for
+    none), used by data.split: official."""
+    files: Optional[np.ndarray] = None
+    """Optional str, N: each image's file, relative to the set's folder (loaders that read files)."""
+    groups: Optional[np.ndarray] = None
+    """Optional str, N: the group of each image (data.group_by); a group stays on one side of a split."""
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, idx: np.ndarray | torch.Tensor) -> "ImageSet":
         idx = torch.as_tensor(idx, dtype=torch.long)
+        rows = idx.numpy()
+        pick = lambda a: None if a is None else a[rows]  # noqa: E731
         return ImageSet(self.images[idx], self.labels[idx], self.class_names, self.index[idx],
-                        self.parents, self.meta)
+                        self.parents, self.meta, pick(self.partition), pick(self.files), pick(self.groups))
 
 
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -63,3 +77,21 @@ def drop_rare_classes(ds: ImageSet, min_count: int) -> ImageSet:
     if ds.parents is not None:
         out.parents = [ds.parents[i] for i in keep.tolist()]
     return out
+
+
+def assign_groups(ds: ImageSet, pattern: str, name: str) -> ImageSet:
+    """Set ds.groups to the first capture group of `pattern` searched in each file's base name."""
+    if ds.files is None:
+        raise ConfigError("data.group_by", pattern, "a data set whose images have file names (folder, cub, "
+                          f"cars, sop, inshop, or h5 packed from one of them); {name} has none")
+    check_group_by(pattern)
+    regex = re.compile(pattern)
+    groups = []
+    for path in ds.files.tolist():
+        found = regex.search(PurePosixPath(path).name)
+        if found is None or found.group(1) is None:
+            raise ConfigError("data.group_by", pattern, f"a pattern whose group matches every file name "
+                              f"(not {PurePosixPath(path).name!r}, {path})")
+        groups.append(found.group(1))
+    ds.groups = np.asarray(groups, dtype=str)
+    return ds

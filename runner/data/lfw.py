@@ -15,6 +15,8 @@ from runner.data.paths import DEFAULT_SIZE, DOCS, one_line, root_dir
 
 
 LFW_PAIR_FILES = ("pairsDevTrain.txt", "pairsDevTest.txt", "pairs.txt")
+LFW_PEOPLE_FILES = ("peopleDevTrain.txt", "peopleDevTest.txt")
+"""View 1's identity split (4,038 + 1,711 people); not in scikit-learn's cache, optional next to it."""
 
 LFW_SLICE = (slice(70, 195), slice(63, 188))
 """A square 125×125 crop around the face, centred like scikit-learn's default (70:195, 78:172)."""
@@ -55,6 +57,32 @@ def _lfw_file_index(faces: Path, min_faces: int, people: np.ndarray) -> np.ndarr
     return np.array([kept[k][0] for k in order], dtype=np.int64)
 
 
+def _names_in(path: Path) -> set[str]:
+    """People named in a View 1 file: peopleDev*.txt (<name> <count>) or pairsDev*.txt (<name> <i> <j> or
+    <name> <i> <name> <j>); the first line is a count."""
+    names = set()
+    for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+        fields = line.split()
+        names.update(f for f in fields if not f.isdigit())
+    return names
+
+
+def lfw_official(home: Path, class_names: list[str]) -> tuple[np.ndarray | None, str]:
+    """View 1's split of each class ('train', 'test' or '' for neither) and how it was found, or None and why.
+
+    peopleDevTrain/Test.txt list every person; without them, the people named in pairsDevTrain/Test.txt
+    (a subset: people in no pair are in neither part).
+    """
+    files = LFW_PEOPLE_FILES if all((home / f).is_file() for f in LFW_PEOPLE_FILES) else LFW_PAIR_FILES[:2]
+    train, test = (_names_in(home / f) for f in files)
+    both = sorted(train & test)
+    if both:
+        return None, f"unavailable: {files[0]} and {files[1]} share people ({', '.join(both[:3])})"
+    folder = [n.replace(" ", "_") for n in class_names]  # scikit-learn turned the folders' '_' into ' '
+    parts = np.asarray(["train" if n in train else "test" if n in test else "" for n in folder])
+    return parts, f"View 1 people of {files[0]} train, of {files[1]} test"
+
+
 def load_lfw(cfg: DataConfig) -> ImageSet:
     """Labeled Faces in the Wild from a local scikit-learn cache (colour, square face crop)."""
     root, faces = _lfw_home(cfg)
@@ -73,8 +101,10 @@ def load_lfw(cfg: DataConfig) -> ImageSet:
                           f"decoded faces in lfw_home/joblib; or pack once, {DOCS}): {one_line(err)}") from None
     images = torch.from_numpy((bunch.images * 255.0).round().astype(np.uint8)).permute(0, 3, 1, 2)
     index = _lfw_file_index(faces, cfg.min_images_per_class, bunch.target_names[bunch.target])
+    class_names = [str(n) for n in bunch.target_names]
+    per_class, official = lfw_official(faces.parent, class_names)
     meta = {"family": "faces", "root": str(root), "faces": faces.name,
-            "index": "sorted file list" if index is not None else "sklearn order"}
-    return ImageSet(images.contiguous(), torch.from_numpy(bunch.target.astype(np.int64)),
-                    [str(n) for n in bunch.target_names],
-                    torch.from_numpy(index) if index is not None else torch.arange(len(images)), meta=meta)
+            "index": "sorted file list" if index is not None else "sklearn order", "official": official}
+    return ImageSet(images.contiguous(), torch.from_numpy(bunch.target.astype(np.int64)), class_names,
+                    torch.from_numpy(index) if index is not None else torch.arange(len(images)), meta=meta,
+                    partition=None if per_class is None else per_class[bunch.target])

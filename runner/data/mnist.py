@@ -71,9 +71,13 @@ def _load_idx_set(cfg: DataConfig, torchvision_dir: str, class_names: list[str])
     labels = np.concatenate(labels)
     if labels.min() < 0 or labels.max() >= len(class_names):
         raise ConfigError("data.root", str(root), f"labels in 0..{len(class_names) - 1}")
+    # the set's own split: the train file's images, then t10k's (whichever are present)
+    partition = np.concatenate([np.full(len(x), "train" if s == "train" else "test") for x, s in zip(images, splits)])
     return ImageSet(torch.from_numpy(np.concatenate(images))[:, None], torch.from_numpy(labels),
                     list(class_names), torch.arange(len(labels)),
-                    meta={"family": "mnist", "root": str(root), "splits": "+".join(splits)})
+                    meta={"family": "mnist", "root": str(root), "splits": "+".join(splits),
+                          "official": "train-* files train, t10k-* files test"},
+                    partition=partition)
 
 
 def load_mnist(cfg: DataConfig) -> ImageSet:

@@ -5,8 +5,9 @@ packed file is read whole into memory in a second. `python -m runner.data pack
 SRC OUT.h5 --name folder` writes it, `data: {name: h5, root: OUT.h5}` reads it.
 
 Layout: datasets `images` (uint8 N×C×H×W), `labels` (int64 N), `index` (int64 N,
-ids in the source), `class_names` (str), optional `parents` (str, one per class);
-attrs `format`, `source` (JSON: name, root, image_size of the packed loader) and
+ids in the source), `class_names` (str), optional `parents` (str, one per class),
+optional per-image str `partition` (the set's own split), `files` and `groups`;
+attrs `format`, `source` (JSON: name, root, image_size, group_by of the packed loader) and
 `meta` (JSON: the source ImageSet's meta, e.g. its family).
 """
 
@@ -26,6 +27,8 @@ from runner.data.image_set import ImageSet
 
 FORMAT = "runner.pack/1"
 REQUIRED = ("images", "labels", "index", "class_names")
+PER_IMAGE = ("partition", "files", "groups")
+"""Optional per-image string arrays of an ImageSet, stored when present."""
 
 
 def write_pack(ds: ImageSet, path: Path, source: dict, compression: str = "none") -> Path:
@@ -45,6 +48,9 @@ def write_pack(ds: ImageSet, path: Path, source: dict, compression: str = "none"
             f.create_dataset("class_names", data=list(ds.class_names), dtype=strings)
             if ds.parents is not None:
                 f.create_dataset("parents", data=list(ds.parents), dtype=strings)
+            for key in PER_IMAGE:
+                if getattr(ds, key) is not None:
+                    f.create_dataset(key, data=getattr(ds, key).tolist(), dtype=strings)
             f.attrs["format"] = FORMAT
             f.attrs["source"] = json.dumps(source, sort_keys=True)
             f.attrs["meta"] = json.dumps(ds.meta, sort_keys=True, default=str)
@@ -73,9 +79,12 @@ def read_pack(root: Optional[str]) -> ImageSet:
         index = torch.from_numpy(f["index"][()].astype(np.int64))
         class_names = list(f["class_names"].asstr()[()])
         parents = list(f["parents"].asstr()[()]) if "parents" in f else None
+        per_image = {k: np.asarray(f[k].asstr()[()], dtype=str) for k in PER_IMAGE if k in f}
         meta = json.loads(f.attrs.get("meta", "{}"))
         source = json.loads(f.attrs.get("source", "{}"))
-    if images.dtype != torch.uint8 or images.ndim != 4 or not len(images) == len(labels) == len(index):
-        raise ConfigError("data.root", str(path), f"{expected}; images uint8 N×C×H×W with N labels and ids")
+    if images.dtype != torch.uint8 or images.ndim != 4 or not len(images) == len(labels) == len(index) or \
+            any(len(a) != len(labels) for a in per_image.values()):
+        raise ConfigError("data.root", str(path), f"{expected}; images uint8 N×C×H×W with N labels and ids "
+                          f"(and N of {', '.join(per_image) or 'each per-image array'})")
     meta.update(root=str(path), source_name=source.get("name"), source_root=source.get("root"))
-    return ImageSet(images, labels, class_names, index, parents=parents, meta=meta)
+    return ImageSet(images, labels, class_names, index, parents=parents, meta=meta, **per_image)

@@ -2,6 +2,8 @@
 
 Every loader reads only local files (compute nodes have no internet): a missing root
 or file is a one-line ConfigError on `data.root` that points to docs/datasets.md.
+Sets of image files are registered by their lister (FILE_SETS: the list of files, no
+pixels), the others by their loader (LOADERS); load_dataset decodes the first kind.
 """
 
 from __future__ import annotations
@@ -14,12 +16,17 @@ import torch
 from sklearn.datasets import load_digits
 
 from runner.config import ConfigError, DataConfig, suggest
-from runner.data.folder import load_folder
-from runner.data.image_set import ImageSet, drop_rare_classes, resize_uint8
+from runner.data.cars import cars_files
+from runner.data.cub import cub_files
+from runner.data.folder import folder_files
+from runner.data.image_files import ImageFiles, decode_files
+from runner.data.image_set import ImageSet, assign_groups, drop_rare_classes, resize_uint8
+from runner.data.inshop import inshop_files
 from runner.data.lfw import load_lfw
 from runner.data.mnist import load_fashion_mnist, load_mnist
 from runner.data.packed import read_pack
-from runner.data.paths import DOCS
+from runner.data.paths import DEFAULT_SIZE, DOCS
+from runner.data.sop import sop_files
 from runner.data.synthetic_signs import generate_signs
 
 
@@ -46,29 +53,47 @@ LOADERS: dict[str, Callable[[DataConfig], ImageSet]] = {
     "digits": load_digits_set,
     "mnist": load_mnist,
     "fashion_mnist": load_fashion_mnist,
-    "folder": load_folder,
     "lfw": load_lfw,
     "signs": load_signs,
     "h5": load_h5,
 }
-ROOT_KINDS = {"mnist": "dir", "fashion_mnist": "dir", "folder": "dir", "lfw": "dir", "h5": "file"}
+FILE_SETS: dict[str, Callable[[DataConfig], ImageFiles]] = {
+    "folder": folder_files,
+    "cub": cub_files,
+    "cars": cars_files,
+    "sop": sop_files,
+    "inshop": inshop_files,
+}
+"""Sets of image files, decoded to data.image_size (default 64) by load_dataset."""
+ROOT_KINDS = {"mnist": "dir", "fashion_mnist": "dir", "folder": "dir", "lfw": "dir", "h5": "file",
+              "cub": "dir", "cars": "dir", "sop": "dir", "inshop": "dir"}
 """Loaders that read data.root, and whether it names a directory or a file."""
+NO_OFFICIAL_SPLIT = ("digits", "signs", "folder")
+"""Sets that define no split of their own (data.split: official is refused before loading)."""
 
 
 def dataset_names() -> list[str]:
-    return sorted(LOADERS)
+    return sorted([*LOADERS, *FILE_SETS])
 
 
 def check_name(name: str) -> None:
     """data.name is a known loader, or a one-line ConfigError with a close match."""
-    if name not in LOADERS:
-        raise ConfigError("data.name", name, f"one of {', '.join(dataset_names())}{suggest(name, LOADERS)}")
+    if name not in LOADERS and name not in FILE_SETS:
+        raise ConfigError("data.name", name, f"one of {', '.join(dataset_names())}{suggest(name, dataset_names())}")
 
 
-def load_dataset(cfg: DataConfig) -> ImageSet:
-    """Load the data set named by cfg.name, drop rare classes and resize when asked."""
+def load_dataset(cfg: DataConfig, progress: bool = False) -> ImageSet:
+    """Load the data set named by cfg.name, group it, drop rare classes and resize when asked.
+
+    progress: a bar on stderr while image files are decoded (runner.data pack).
+    """
     check_name(cfg.name)
-    ds = LOADERS[cfg.name](cfg)
+    if cfg.name in FILE_SETS:
+        ds = decode_files(FILE_SETS[cfg.name](cfg), cfg.image_size or DEFAULT_SIZE, progress)
+    else:
+        ds = LOADERS[cfg.name](cfg)
+    if cfg.group_by is not None:
+        ds = assign_groups(ds, cfg.group_by, cfg.name)
     ds = drop_rare_classes(ds, cfg.min_images_per_class)
     if cfg.image_size is not None and ds.images.shape[-1] != cfg.image_size:
         ds.images = resize_uint8(ds.images, cfg.image_size)
@@ -76,8 +101,11 @@ def load_dataset(cfg: DataConfig) -> ImageSet:
 
 
 def check_data(cfg: DataConfig) -> None:
-    """Cheap checks that need no loading (before submission): the name, and that data.root exists."""
+    """Cheap checks that need no loading (before submission): the name, the split, that data.root exists."""
     check_name(cfg.name)
+    if cfg.split == "official" and cfg.name in NO_OFFICIAL_SPLIT:
+        raise ConfigError("data.split", cfg.split, f"a data set with its own split; {cfg.name} has none: "
+                          "use stratified or class_disjoint")
     kind = ROOT_KINDS.get(cfg.name)
     if kind is None:
         return

@@ -1,4 +1,9 @@
-"""Train/test (and validation) splits: stratified per class, or class-disjoint."""
+"""Train/test (and validation) splits: stratified per class, class-disjoint, or the set's own.
+
+With data.group_by, every image of one group (a track, an object, a session) stays on one
+side of each stratified cut (train/test and train/val). What was done is recorded in the
+splits' `meta["split"]`, which the run stores.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from runner.config import DataConfig
+from runner.config import ConfigError, DataConfig
 from runner.data.image_set import ImageSet
 
 
@@ -16,6 +21,10 @@ class Splits:
     train: ImageSet
     test: ImageSet
     val: Optional[ImageSet] = None
+    query: Optional[ImageSet] = None
+    """With `gallery`: the set's own query/gallery split (In-Shop); `test` is then their union.
+    Queries are retrieved among the gallery images; None for every other split."""
+    gallery: Optional[ImageSet] = None
 
 
 def _stratified(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -29,16 +38,62 @@ def _stratified(labels: np.ndarray, fraction: float, rng: np.random.Generator) -
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
+def _stratified_groups(labels: np.ndarray, groups: np.ndarray, fraction: float, rng: np.random.Generator,
+                       ds: ImageSet, pattern: str, side: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per class, hold out round(fraction·g) of its g groups (at least 1, leaving at least 1).
+
+    A group is a class's images sharing a key: keys are not compared across classes (GTSRB
+    numbers its tracks per class folder). A class with one group cannot be split: ConfigError.
+    """
+    keep, held = [], []
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        keys, inverse = np.unique(groups[rows], return_inverse=True)
+        if len(keys) < 2:
+            raise ConfigError("data.group_by", pattern, f"at least 2 groups in every class to split off {side} "
+                              f"(class {ds.class_names[c]!r} has one: {str(keys[0])!r}); drop such classes from "
+                              "data.root or use split: class_disjoint")
+        chosen = rng.permutation(len(keys))[:min(max(1, int(round(fraction * len(keys)))), len(keys) - 1)]
+        out = np.isin(inverse.reshape(-1), chosen)
+        held.append(rows[out])
+        keep.append(rows[~out])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+
+
+def _official(ds: ImageSet, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, test rows) of the set's own split; test = test, or query + gallery."""
+    why = f" ({ds.meta['official']})" if ds.meta.get("official") else ""
+    if ds.partition is None:
+        raise ConfigError("data.split", cfg.split, f"a data set with its own split; {cfg.name} has none{why}: "
+                          "use stratified or class_disjoint")
+    train = np.flatnonzero(ds.partition == "train")
+    test = np.flatnonzero(np.isin(ds.partition, ("test", "query", "gallery")))
+    if not len(train) or not len(test):
+        present = sorted(set(ds.partition.tolist()) - {""}) or ["nothing"]
+        raise ConfigError("data.split", cfg.split, f"a data set with both parts of its own split; {cfg.name} "
+                          f"has only {' and '.join(present)} here{why}")
+    return train, test
+
+
 def split_dataset(ds: ImageSet, cfg: DataConfig) -> Splits:
     """Train/test (and optional validation) split from cfg.split_seed.
 
     stratified: every class appears in train and test. class_disjoint: whole classes
-    are held out, so the test measures generalisation to unseen identities.
+    are held out, so the test measures generalisation to unseen identities. official:
+    the data set's own split (ds.partition), with In-Shop's query and gallery kept apart.
     n_per_class then caps the training images per class (the test split is untouched).
     """
     rng = np.random.default_rng(cfg.split_seed)
     labels = ds.labels.numpy()
-    if cfg.split == "stratified":
+    grouped = cfg.group_by is not None
+    if grouped and ds.groups is None:
+        raise ConfigError("data.group_by", cfg.group_by, "an ImageSet with groups (runner.data.load_dataset "
+                          "assigns them from the file names)")
+    if cfg.split == "official":
+        train_idx, test_idx = _official(ds, cfg)
+    elif cfg.split == "stratified" and grouped:
+        train_idx, test_idx = _stratified_groups(labels, ds.groups, cfg.test_fraction, rng, ds, cfg.group_by, "test")
+    elif cfg.split == "stratified":
         train_idx, test_idx = _stratified(labels, cfg.test_fraction, rng)
     else:
         classes = rng.permutation(np.unique(labels))
@@ -48,8 +103,39 @@ def split_dataset(ds: ImageSet, cfg: DataConfig) -> Splits:
     if cfg.n_per_class is not None:
         train_idx = np.sort(np.concatenate([rng.permutation(train_idx[labels[train_idx] == c])[:cfg.n_per_class]
                                             for c in np.unique(labels[train_idx])]))
-    val = None
+    val_idx = None
     if cfg.val_fraction > 0:
-        keep, held = _stratified(labels[train_idx], cfg.val_fraction, rng)
-        train_idx, val = train_idx[keep], ds.subset(train_idx[held])
-    return Splits(ds.subset(train_idx), ds.subset(test_idx), val)
+        if grouped:
+            keep, held = _stratified_groups(labels[train_idx], ds.groups[train_idx], cfg.val_fraction, rng, ds,
+                                            cfg.group_by, "validation")
+        else:
+            keep, held = _stratified(labels[train_idx], cfg.val_fraction, rng)
+        train_idx, val_idx = train_idx[keep], train_idx[held]
+    return _assemble(ds, cfg, train_idx, test_idx, val_idx)
+
+
+def _assemble(ds: ImageSet, cfg: DataConfig, train_idx: np.ndarray, test_idx: np.ndarray,
+              val_idx: Optional[np.ndarray]) -> Splits:
+    """The Splits of these rows, each part's meta carrying the record of how they were made."""
+    parts = {"train": train_idx, "test": test_idx}
+    if val_idx is not None:
+        parts["val"] = val_idx
+    if cfg.split == "official" and np.isin(ds.partition[test_idx], ("query", "gallery")).any():
+        parts["query"] = test_idx[ds.partition[test_idx] == "query"]
+        parts["gallery"] = test_idx[ds.partition[test_idx] == "gallery"]
+    record = {"split": cfg.split, "split_seed": cfg.split_seed, "sizes": {k: int(len(v)) for k, v in parts.items()}}
+    if cfg.split == "official":
+        record["official"] = ds.meta.get("official", "")
+        # images the set's split leaves out (LFW people named in neither View 1 list)
+        record["unassigned"] = int(np.isin(ds.partition, ("train", "test", "query", "gallery"), invert=True).sum())
+    else:
+        record["test_fraction"] = cfg.test_fraction
+    if cfg.group_by is not None:
+        record["group_by"] = cfg.group_by
+        labels = ds.labels.numpy()
+        record["groups"] = {k: len(set(zip(labels[v].tolist(), ds.groups[v].tolist()))) for k, v in parts.items()}
+    meta = {**ds.meta, "split": record}
+    subsets = {k: ds.subset(v) for k, v in parts.items()}
+    for part in subsets.values():
+        part.meta = meta
+    return Splits(subsets["train"], subsets["test"], subsets.get("val"), subsets.get("query"), subsets.get("gallery"))
