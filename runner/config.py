@@ -6,6 +6,8 @@ defaults, so the same settings always give the same id, any change that can alte
 results (the seed included) gives a new one, and a config field added later with a
 default leaves existing ids alone.
 """
+# long: every config key with its docstring lives here, the one place to read them all;
+# the dataclasses and their checks are most of the file.
 
 from __future__ import annotations
 

@@ -2,15 +2,16 @@
 
 The names below are the package's public face (what launchers and analysis use);
 the modules hold one concern each: image_set (the in-memory form), registry (names ->
-loaders), mnist / folder / lfw / synthetic_signs / packed (formats), splits, samplers,
-augment. `python -m runner.data pack` is __main__.py.
+loaders), image_files (listing and threaded decoding shared by the file loaders), mnist /
+folder / lfw / cub / cars / sop / inshop / synthetic_signs / packed (formats), splits,
+samplers, augment. `python -m runner.data pack` is __main__.py.
 """
 
-from runner.data.folder import decode_image
+from runner.data.image_files import decode_image
 from runner.data.image_set import ImageSet, drop_rare_classes, resize_uint8
 from runner.data.paths import IMAGE_SUFFIXES
 from runner.data.registry import check_data, dataset_names, load_dataset
 from runner.data.splits import Splits, split_dataset
 
-__all__ = ["IMAGE_SUFFIXES", "ImageSet", "decode_image", "Splits", "check_data", "dataset_names", "drop_rare_classes", "load_dataset",
-           "resize_uint8", "split_dataset"]
+__all__ = ["IMAGE_SUFFIXES", "ImageSet", "Splits", "check_data", "dataset_names", "decode_image", "drop_rare_classes",
+           "load_dataset", "resize_uint8", "split_dataset"]
