@@ -216,3 +216,22 @@ def test_real_training_run_loads_and_reports(tmp_path):
     out = report.build_report(tmp_path, tmp_path / "report", report.Options(
         methods=(), baselines=False, tensorboard=False))
     assert out["slides"] == 10 and count_pdf_pages(out["pdf"]) == 10
+
+
+def test_a_miner_that_keeps_every_pair_the_loss_uses_is_flagged_and_the_exercise_miner_is_not(tmp_path):
+    """Real tiny runs: ContrastiveLoss(0, 0.5) with PairMarginMiner(0, 0.5) trains the unmined run again
+    (the report says so); the exercise's PairMarginMiner(0.2, 0.4) changes what is trained."""
+    from runner.launch.run import run_one
+    from runner.spec import resolve
+    from tests.conftest import tiny_layer
+    loss = {"loss": {"name": "ContrastiveLoss", "margin": 0.5}}
+    for seed in (0, 1):
+        for miner in ({"name": None}, {"name": "PairMarginMiner", "params": {"pos_margin": 0.0, "neg_margin": 0.5}}):
+            run_one(resolve(tiny_layer(epochs=1), loss, {"miner": miner, "seed": seed}), tmp_path / "same", progress=False)
+        for miner in ({"name": None}, {"name": "PairMarginMiner", "params": {"pos_margin": 0.2, "neg_margin": 0.4}}):
+            run_one(resolve(tiny_layer(epochs=1), loss, {"miner": miner, "seed": seed}), tmp_path / "hard", progress=False)
+    same = tables.paired_comparisons(load_runs(tmp_path / "same"), metrics=("knn1", "map_at_r"))
+    hard = tables.paired_comparisons(load_runs(tmp_path / "hard"), metrics=("knn1", "map_at_r"))
+    mining = lambda p: p[(p["comparison"] == "mining vs none") & (p["stratum"] == "all")]  # noqa: E731
+    assert mining(same)["n_pairs"].tolist() == [2, 2] and mining(same)["identical"].all()
+    assert mining(hard)["n_pairs"].tolist() == [2, 2] and not mining(hard)["identical"].all()
