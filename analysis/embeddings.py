@@ -8,7 +8,10 @@ use (its import and JIT compilation take seconds).
 
 from __future__ import annotations
 
+import io
 import warnings
+from pathlib import Path
+from typing import Optional
 
 import matplotlib
 import matplotlib.patheffects as pe
@@ -16,7 +19,7 @@ import numpy as np
 from sklearn.manifold import TSNE
 
 from analysis.load import load_data_info
-from runner.store import read_epoch, stored_epochs
+from runner.store import atomic_write, read_attrs, read_epoch, stored_epochs
 
 MAX_POINTS = 2000
 """Points per projection (train + test); t-SNE and UMAP time grows fast beyond this."""
@@ -42,7 +45,8 @@ def project(emb: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
         return np.pad(emb, ((0, 0), (0, 2 - emb.shape[1])))
     if method == "tsne":
         perplexity = float(min(30.0, max(2.0, (len(emb) - 1) / 3.5)))
-        return TSNE(2, init="pca", perplexity=perplexity, max_iter=500, random_state=seed).fit_transform(emb)
+        return TSNE(2, init="pca", perplexity=perplexity, max_iter=500, random_state=seed,
+                    n_jobs=-1).fit_transform(emb)  # n_jobs: the neighbour search on every core
     if method == "umap":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # n_jobs=1 with a random_state, numba notices
@@ -52,27 +56,55 @@ def project(emb: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
     raise ValueError(f"unknown projection {method!r}: tsne or umap")
 
 
-def project_run(path: str, method: str, epochs=None, max_points: int = MAX_POINTS, seed: int = 0) -> dict:
-    """{epoch: {"train": (xy, labels), "test": (xy, labels)}} for the first and last stored epochs."""
+PROJECTION_VERSION = 1
+"""Part of the cache key: bump it when project() changes what it computes."""
+
+
+def project_run(path: str, method: str, epochs=None, max_points: int = MAX_POINTS, seed: int = 0,
+                cache_dir: Optional[Path] = None) -> dict:
+    """{epoch: {"train": (xy, labels), "test": (xy, labels)}} for the first and last stored epochs.
+
+    With cache_dir, each epoch's projection is kept in cache_dir/projections/ under
+    (run_id, epoch, method, max_points, seed, PROJECTION_VERSION) and read back the next
+    time: a run.h5 never changes once completed, so neither does its projection.
+    """
     stored = stored_epochs(path)
     epochs = epochs if epochs is not None else sorted({stored[0], stored[-1]}) if stored else []
+    run_id = read_attrs(path)["run_id"] if cache_dir is not None else None
     out = {}
     for epoch in epochs:
-        snap = read_epoch(path, epoch)
-        parts, labels, rows = [], {}, {}
-        n_total = sum(len(s["labels"]) for s in snap.values())
-        for split in ("train", "test"):
-            if split not in snap:
-                continue
-            share = max(2, int(max_points * len(snap[split]["labels"]) / n_total))
-            rows[split] = subsample(snap[split]["labels"], share, seed)
-            labels[split] = snap[split]["labels"][rows[split]]
-            parts.append(snap[split]["embeddings"][rows[split]])
-        xy = project(np.concatenate(parts), method, seed)
-        start, out[epoch] = 0, {}
-        for split in rows:
-            out[epoch][split] = (xy[start:start + len(rows[split])], labels[split])
-            start += len(rows[split])
+        cached = (Path(cache_dir) / "projections" /
+                  f"{run_id}-e{epoch}-{method}-n{max_points}-s{seed}-v{PROJECTION_VERSION}.npz") if cache_dir else None
+        if cached is not None and cached.exists():
+            with np.load(cached) as z:
+                out[epoch] = {split: (z[f"{split}_xy"], z[f"{split}_labels"]) for split in ("train", "test")
+                              if f"{split}_xy" in z}
+            continue
+        out[epoch] = _project_epoch(path, epoch, method, max_points, seed)
+        if cached is not None:
+            buf = io.BytesIO()
+            np.savez(buf, **{f"{s}_{k}": v for s, (xy, lab) in out[epoch].items() for k, v in (("xy", xy), ("labels", lab))})
+            atomic_write(cached, buf.getvalue())
+    return out
+
+
+def _project_epoch(path: str, epoch: int, method: str, max_points: int, seed: int) -> dict:
+    """One epoch's train and test embeddings, subsampled per class and projected on one map."""
+    snap = read_epoch(path, epoch)
+    parts, labels, rows = [], {}, {}
+    n_total = sum(len(s["labels"]) for s in snap.values())
+    for split in ("train", "test"):
+        if split not in snap:
+            continue
+        share = max(2, int(max_points * len(snap[split]["labels"]) / n_total))
+        rows[split] = subsample(snap[split]["labels"], share, seed)
+        labels[split] = snap[split]["labels"][rows[split]]
+        parts.append(snap[split]["embeddings"][rows[split]])
+    xy = project(np.concatenate(parts), method, seed)
+    start, out = 0, {}
+    for split in rows:
+        out[split] = (xy[start:start + len(rows[split])], labels[split])
+        start += len(rows[split])
     return out
 
 

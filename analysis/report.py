@@ -45,7 +45,7 @@ class Options:
     """BLAS/OpenMP threads: the analysis is many small problems, where extra threads only spin
     (3× the CPU time for the same wall time on a busy 2-core machine)."""
     cache_dir: Optional[Path] = None
-    """Where fitted baselines are cached; None: REPORT/cache."""
+    """Where fitted baselines and projections are cached; None: REPORT/cache."""
 
 
 @dataclass
@@ -115,20 +115,24 @@ def analyse(results_dir: str | Path, out: Path, opts: Options) -> Results:
     res.details["hierarchy_best"] = hierarchy.run_hierarchy(chosen["best"]["path"])
     res.details["hierarchy_pixels"] = hierarchy.pixel_agreement(chosen["best"]["path"]) if opts.baselines else None
     with timed(timings, "projections_s"):
-        res.projections = project_chosen(chosen, opts)
+        res.projections = project_chosen(chosen, opts, opts.cache_dir or out / "cache")
     return res
 
 
-def project_chosen(chosen: dict, opts: Options) -> dict:
-    """method -> projection of the best run (epoch 0 and final); 'dim2' -> the d=2 run as it is."""
+def project_chosen(chosen: dict, opts: Options, cache_dir: Path) -> dict:
+    """method -> projection of the best run (epoch 0 and final); 'dim2' -> the d=2 run as it is.
+
+    Projections are cached in cache_dir (per run_id, epoch, method, point cap): a second
+    report over the same results draws them without fitting t-SNE or UMAP again.
+    """
     out = {}
     for method in opts.methods:
         try:
-            out[method] = project_run(chosen["best"]["path"], method, max_points=opts.max_points)
+            out[method] = project_run(chosen["best"]["path"], method, max_points=opts.max_points, cache_dir=cache_dir)
         except ImportError as exc:  # umap-learn is an optional extra
             warnings.warn(f"{method} projection skipped: {exc}")
     if "dim2" in chosen:
-        out["dim2"] = project_run(chosen["dim2"]["path"], "tsne", max_points=opts.max_points)
+        out["dim2"] = project_run(chosen["dim2"]["path"], "tsne", max_points=opts.max_points, cache_dir=cache_dir)
     return out
 
 

@@ -235,3 +235,24 @@ def test_a_miner_that_keeps_every_pair_the_loss_uses_is_flagged_and_the_exercise
     mining = lambda p: p[(p["comparison"] == "mining vs none") & (p["stratum"] == "all")]  # noqa: E731
     assert mining(same)["n_pairs"].tolist() == [2, 2] and mining(same)["identical"].all()
     assert mining(hard)["n_pairs"].tolist() == [2, 2] and not mining(hard)["identical"].all()
+
+
+def test_projections_are_cached_and_read_back_without_refitting(grid, tmp_path, monkeypatch):
+    from analysis import embeddings
+    out, runs = grid
+    path = runs.table[runs.table["status"] == "completed"]["path"].iloc[0]
+    first = embeddings.project_run(path, "tsne", max_points=120, cache_dir=tmp_path)
+    assert len(list((tmp_path / "projections").glob("*.npz"))) == len(first)
+
+    def no_fit(*args, **kwargs):
+        raise AssertionError("the projection was fitted again")
+
+    monkeypatch.setattr(embeddings, "project", no_fit)
+    second = embeddings.project_run(path, "tsne", max_points=120, cache_dir=tmp_path)
+    assert first.keys() == second.keys()
+    for epoch in first:
+        for split, (xy, labels) in first[epoch].items():
+            np.testing.assert_array_equal(second[epoch][split][0], xy)
+            np.testing.assert_array_equal(second[epoch][split][1], labels)
+    with pytest.raises(AssertionError, match="fitted again"):  # another point cap is another projection
+        embeddings.project_run(path, "tsne", max_points=100, cache_dir=tmp_path)
