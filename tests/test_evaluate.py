@@ -8,7 +8,7 @@ import torch
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
 from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
 
-from runner.training import evaluate
+from runner.training import knn
 from runner.training.evaluate import compute_metrics, knn_predict, nearest_class_mean
 
 PML_NAMES = {"p_at_1": "precision_at_1", "r_precision": "r_precision", "map_at_r": "mean_average_precision_at_r"}
@@ -46,7 +46,7 @@ def data(request):
 
 def test_sizes_cover_both_search_paths(data):
     x, _ = data
-    assert (len(x) >= evaluate.MIN_REFS_TO_FILTER) == (len(x) == 3001)
+    assert (len(x) >= knn.MIN_REFS_TO_FILTER) == (len(x) == 3001)
 
 
 def test_query_is_reference_matches_sklearn_and_pml(data):
@@ -125,12 +125,12 @@ def test_filtered_search_equals_full_rows(case):
     if case == "collapsed":  # a third of the embeddings on one point: too many ties under the threshold
         x[::3] = x[0]
     if case == "biased_sample":  # the few sampled refs near x[0] set a threshold too few refs are under
-        x[: 12 * evaluate.SAMPLE_STRIDE : evaluate.SAMPLE_STRIDE] = x[0] + 1e-3 * torch.randn(12, x.shape[1])
-    refs = evaluate._Refs.build(x)
+        x[: 12 * knn.SAMPLE_STRIDE : knn.SAMPLE_STRIDE] = x[0] + 1e-3 * torch.randn(12, x.shape[1])
+    refs = knn.Refs.build(x)
     q = refs.lift(x[:64])
     self_cols = torch.arange(64)
-    filtered = evaluate._topk_filtered(q, refs, 40, self_cols)
-    direct = evaluate._topk_direct(q, refs, 40, self_cols)
+    filtered = knn.topk_filtered(q, refs, 40, self_cols)
+    direct = knn.topk_direct(q, refs, 40, self_cols)
     assert not (filtered == self_cols[:, None]).any()
     dist = torch.cdist(x[:64].double(), x.double())
     assert torch.equal(dist.gather(1, filtered).sort().values, dist.gather(1, direct).sort().values)
