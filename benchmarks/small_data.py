@@ -138,7 +138,7 @@ def run_recipe(cfg: RunConfig, args, floor: bool = True) -> dict:
     for epoch in range(1, epochs + 1):
         engine.train_one_epoch(parts, engine.DeviceData.of(splits, parts.device), epoch, state, cfg.seed, cfg.train.grad_clip)
     train_s = time.perf_counter() - t0
-    metrics, _, _ = engine.evaluate_epoch(parts, splits, engine.DeviceData.of(splits, parts.device), env)
+    metrics, _ = engine.evaluate_epoch(parts, splits, engine.DeviceData.of(splits, parts.device), env)
     return {"knn1": metrics["knn1"], "map_at_r": metrics["map_at_r"], "steps": len(state.steps["step"]),
             "time_s": train_s}
 

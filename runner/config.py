@@ -171,6 +171,12 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class EvalConfig:
+    recall_at: tuple[int, ...] = (1, 2, 4, 8)
+    """K of the Recall@K metrics (recall_at_<K>); the protocol per split is in docs/evaluation.md."""
+
+
+@dataclass(frozen=True)
 class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -178,6 +184,7 @@ class RunConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     miner: MinerConfig = field(default_factory=MinerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     seed: int = 0
     """Seed for model init, sampler, augmentation (python/numpy/torch)."""
 
@@ -185,7 +192,8 @@ class RunConfig:
         validate(self)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Nested dicts as run.h5 and YAML hold them (tuples as lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
 def validate(cfg: RunConfig) -> None:
@@ -227,6 +235,9 @@ def validate(cfg: RunConfig) -> None:
     _check(t.save_every >= 1, "train.save_every", t.save_every, "an integer >= 1")
     _check(t.device in ("auto", "cpu", "cuda"), "train.device", t.device, "auto, cpu or cuda")
     _check(t.num_threads >= 0, "train.num_threads", t.num_threads, "an integer >= 0")
+    k = cfg.eval.recall_at
+    _check(all(a < b for a, b in zip(k, k[1:])) and all(x >= 1 for x in k), "eval.recall_at", list(k),
+           "a list of increasing integers >= 1")
     for key, margin in (("loss.margin", cfg.loss.margin), ("miner.margin", cfg.miner.margin)):
         _check(margin is None or margin >= 0, key, margin, "a number >= 0 or null")
 
@@ -254,6 +265,8 @@ def _type_ok(value: Any, tp: Any) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if tp is dict:
         return isinstance(value, dict)
+    if origin is tuple:  # a list in YAML and JSON
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, typing.get_args(tp)[0]) for v in value)
     return isinstance(value, tp)
 
 
@@ -264,6 +277,8 @@ def _describe(tp: Any) -> str:
     args = typing.get_args(tp)
     if typing.get_origin(tp) is typing.Union:
         return " or ".join("null" if a is type(None) else _TYPE_WORDS.get(a, str(a)) for a in args)
+    if typing.get_origin(tp) is tuple:
+        return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(args[0], str(args[0]))
     return _TYPE_WORDS.get(tp, str(tp))
 
 
@@ -287,7 +302,7 @@ def build(cls: type, data: Any, prefix: str = "") -> Any:
             value = float(value)
         if not _type_ok(value, tp):
             raise ConfigError(f"{prefix}{key}", value, _describe(tp))
-        kwargs[key] = value
+        kwargs[key] = tuple(value) if typing.get_origin(tp) is tuple else value
     return cls(**kwargs)
 
 

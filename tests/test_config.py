@@ -26,6 +26,16 @@ def test_run_id_is_stable_and_sensitive():
     assert run_id(from_dict(a.to_dict())) == run_id(a)
 
 
+def test_eval_section_keeps_ids_and_round_trips():
+    default = resolve()
+    assert default.eval.recall_at == (1, 2, 4, 8) and default.to_dict()["eval"] == {"recall_at": [1, 2, 4, 8]}
+    # a field added with a default leaves the ids alone: the default run's id before the eval section
+    assert run_id(default) == "fa936ad5e8c7" == run_id(resolve(parse_set(["eval.recall_at=[1, 2, 4, 8]"])))
+    other = resolve(parse_set(["eval.recall_at=[1, 10]"]))
+    assert other.eval.recall_at == (1, 10) and run_id(other) != run_id(default)
+    assert from_dict(other.to_dict()) == other
+
+
 def test_renaming_loss_drops_old_params():
     cfg = resolve({"loss": {"name": "ContrastiveLoss"}, "miner": {"name": "PairMarginMiner"}})
     assert cfg.loss.margin is None and cfg.loss.params == {}
@@ -50,6 +60,10 @@ def test_parse_set_types():
     ({"bogus": 1}, "bogus"),
     ({"train": 3}, "train"),
     ({"loss": {"name": "TripletMarginLos"}}, "loss.name"),
+    ({"eval": {"recall_at": [4, 2]}}, "eval.recall_at"),
+    ({"eval": {"recall_at": [0, 1]}}, "eval.recall_at"),
+    ({"eval": {"recall_at": 4}}, "eval.recall_at"),
+    ({"eval": {"recall_at": [1.5]}}, "eval.recall_at"),
 ])
 def test_bad_values_name_their_key(layer, key):
     with pytest.raises(ConfigError) as err:

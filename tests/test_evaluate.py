@@ -1,4 +1,4 @@
-"""runner.evaluate against scikit-learn and pytorch-metric-learning on small seeded data."""
+"""runner.training.evaluate against scikit-learn, pytorch-metric-learning and numpy on small seeded data."""
 
 import math
 
@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 import torch
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
 
-from runner.training import evaluate
+from runner.training import evaluate, knn
 from runner.training.evaluate import compute_metrics, knn_predict, nearest_class_mean
 
 PML_NAMES = {"p_at_1": "precision_at_1", "r_precision": "r_precision", "map_at_r": "mean_average_precision_at_r"}
+PML_CLUSTER_NAMES = {"nmi": "NMI", "ami": "AMI"}
 KS = (1, 4, 5)  # an even k makes vote ties common
 
 
@@ -30,11 +33,21 @@ def split(x, y, n_query):
     return x[:n_query], y[:n_query], x[n_query:][ref_mask], y[n_query:][ref_mask]
 
 
-def pml_metrics(query, q_labels, ref=None, r_labels=None):
-    """PML's P@1, R-precision and MAP@R, the references holding every relevant item (k='max_bin_count')."""
-    calc = AccuracyCalculator(include=tuple(PML_NAMES.values()), k="max_bin_count", device=torch.device("cpu"))
+def pml_metrics(query, q_labels, ref=None, r_labels=None, names=PML_NAMES):
+    """PML's P@1, R-precision and MAP@R (NMI, AMI), the references holding every relevant item (k='max_bin_count').
+
+    ref=None is PML's same-source setting: the queries are the references, each query not its own neighbour.
+    """
+    calc = AccuracyCalculator(include=tuple(names.values()), k="max_bin_count", device=torch.device("cpu"),
+                              kmeans_func=sklearn_kmeans)
     acc = calc.get_accuracy(query, q_labels, ref, r_labels, ref_includes_query=ref is None)
-    return {ours: acc[theirs] for ours, theirs in PML_NAMES.items()}
+    return {ours: acc[theirs] for ours, theirs in names.items()}
+
+
+def sklearn_kmeans(x, n_clusters):
+    """PML's kmeans_func (faiss by default) as scikit-learn's KMeans with compute_metrics' settings."""
+    x = x.cpu().numpy() if torch.is_tensor(x) else x
+    return KMeans(n_clusters, n_init=evaluate.KMEANS_N_INIT, random_state=evaluate.KMEANS_SEED).fit_predict(x)
 
 
 @pytest.fixture(scope="module", params=[(600, 13), (3001, 40)], ids=["direct", "filtered"])
@@ -46,7 +59,7 @@ def data(request):
 
 def test_sizes_cover_both_search_paths(data):
     x, _ = data
-    assert (len(x) >= evaluate.MIN_REFS_TO_FILTER) == (len(x) == 3001)
+    assert (len(x) >= knn.MIN_REFS_TO_FILTER) == (len(x) == 3001)
 
 
 def test_query_is_reference_matches_sklearn_and_pml(data):
@@ -125,12 +138,12 @@ def test_filtered_search_equals_full_rows(case):
     if case == "collapsed":  # a third of the embeddings on one point: too many ties under the threshold
         x[::3] = x[0]
     if case == "biased_sample":  # the few sampled refs near x[0] set a threshold too few refs are under
-        x[: 12 * evaluate.SAMPLE_STRIDE : evaluate.SAMPLE_STRIDE] = x[0] + 1e-3 * torch.randn(12, x.shape[1])
-    refs = evaluate._Refs.build(x)
+        x[: 12 * knn.SAMPLE_STRIDE : knn.SAMPLE_STRIDE] = x[0] + 1e-3 * torch.randn(12, x.shape[1])
+    refs = knn.Refs.build(x)
     q = refs.lift(x[:64])
     self_cols = torch.arange(64)
-    filtered = evaluate._topk_filtered(q, refs, 40, self_cols)
-    direct = evaluate._topk_direct(q, refs, 40, self_cols)
+    filtered = knn.topk_filtered(q, refs, 40, self_cols)
+    direct = knn.topk_direct(q, refs, 40, self_cols)
     assert not (filtered == self_cols[:, None]).any()
     dist = torch.cdist(x[:64].double(), x.double())
     assert torch.equal(dist.gather(1, filtered).sort().values, dist.gather(1, direct).sort().values)
@@ -151,3 +164,98 @@ def test_small_reference_sets_rank_near_ties_exactly():
         y = rng.integers(0, 5, 359)
         expected = np.mean(KNeighborsClassifier(1).fit(x.astype(np.float64), y).predict(None) == y)
         assert compute_metrics(x, y, ks=(1,))["knn1"] == expected
+
+
+def numpy_retrieval(q, ql, r, rl, exclude, recall_at=evaluate.RECALL_AT):
+    """P@1, R-precision, MAP@R and Recall@K, one query at a time from a full argsort (float64).
+
+    exclude[i] is a reference column query i never sees (-1: none). Queries with no relevant
+    reference left are out of every mean.
+    """
+    rows = {name: [] for name in ("p_at_1", "r_precision", "map_at_r", *(f"recall_at_{k}" for k in recall_at))}
+    d = ((q[:, None, :].astype(np.float64) - r[None, :, :]) ** 2).sum(-1)
+    for i in range(len(q)):
+        keep = np.arange(len(r)) != exclude[i]
+        same = rl[keep][np.argsort(d[i, keep], kind="stable")] == ql[i]
+        big_r = int(same.sum())
+        if big_r == 0:
+            continue
+        hits = same[:big_r]
+        rows["p_at_1"].append(same[0])
+        rows["r_precision"].append(hits.mean())
+        rows["map_at_r"].append((np.cumsum(hits) / np.arange(1, big_r + 1) * hits).sum() / big_r)
+        for k in recall_at:
+            rows[f"recall_at_{k}"].append(same[:k].any())
+    return {name: float(np.mean(v)) for name, v in rows.items()}
+
+
+def test_recall_at_k_matches_numpy_and_recall_at_1_is_p_at_1(data):
+    x, y = data
+    x, y = x[:900], y[:900]  # a full argsort per query: keep it small
+    loo = compute_metrics(x, y, clustering=False)
+    expected = numpy_retrieval(x, y, x, y, np.arange(len(x)))
+    assert {k: loo[k] for k in expected} == pytest.approx(expected, abs=1e-9)
+    assert loo["recall_at_1"] == loo["p_at_1"]
+    xq, yq, xr, yr = split(x, y, n_query=300)
+    got = compute_metrics(xq, yq, xr, yr, recall_at=(1, 3, 10), clustering=False)
+    expected = numpy_retrieval(xq, yq, xr, yr, np.full(len(xq), -1), recall_at=(1, 3, 10))
+    assert {k: got[k] for k in expected} == pytest.approx(expected, abs=1e-9)
+    assert 0 < got["recall_at_1"] < got["recall_at_3"] < got["recall_at_10"] < 1
+
+
+def test_nmi_ami_match_pml_and_sklearn_on_both_protocols(data):
+    x, y = data
+    xq, yq, xr, yr = split(x, y, n_query=len(x) // 3)
+    for args in ((x, y), (xq, yq, xr, yr)):  # leave-one-out (same source), then queries vs references
+        got = compute_metrics(*args)
+        assert {k: got[k] for k in PML_CLUSTER_NAMES} == pytest.approx(
+            pml_metrics(*args, names=PML_CLUSTER_NAMES), abs=1e-12)
+        clusters = sklearn_kmeans(args[0], len(np.unique(args[1])))
+        assert got["nmi"] == pytest.approx(normalized_mutual_info_score(args[1], clusters), abs=1e-12)
+        assert got["ami"] == pytest.approx(adjusted_mutual_info_score(args[1], clusters), abs=1e-12)
+        assert 0.2 < got["ami"] < got["nmi"] < 0.95
+
+
+def test_nmi_is_seeded_and_one_for_separated_classes():
+    x, y = clustered(400, 6, seed=7)
+    assert compute_metrics(x, y)["nmi"] == compute_metrics(x, y)["nmi"]
+    far = x + 100 * ((y + 7) // 3)[:, None]  # classes 100 apart, spread 1: every k-means finds them
+    got = compute_metrics(far, y)
+    assert got["nmi"] == pytest.approx(1.0) and got["ami"] == pytest.approx(1.0)
+
+
+def test_excluded_columns_match_numpy_and_pml():
+    """A gallery that holds some of the queries themselves: those columns are never matched."""
+    x, y = clustered(700, 9, seed=8)
+    xq, yq = x[:200], y[:200]
+    gallery = np.concatenate([np.arange(100, 700), np.arange(0, 50)])  # queries 0-49 and 100-199 are in it
+    xr, yr = x[gallery], y[gallery]
+    position = {int(g): j for j, g in enumerate(gallery)}
+    exclude = np.array([position.get(i, -1) for i in range(200)])
+    got = compute_metrics(xq, yq, xr, yr, exclude=exclude, ks=KS, clustering=False)
+    expected = numpy_retrieval(xq, yq, xr, yr, exclude)
+    assert {k: got[k] for k in expected} == pytest.approx(expected, abs=1e-9)
+    # the same as each query against the gallery without its own copy, which PML computes query by query
+    for i in (0, 49, 50, 120):
+        keep = np.arange(len(gallery)) != exclude[i]
+        pml = pml_metrics(xq[i:i + 1], yq[i:i + 1], xr[keep], yr[keep])
+        one = compute_metrics(xq[i:i + 1], yq[i:i + 1], xr, yr, exclude=exclude[i:i + 1], ks=(1,), clustering=False)
+        assert {k: one[k] for k in PML_NAMES} == pytest.approx(pml, abs=1e-6)
+        knn = KNeighborsClassifier(5).fit(xr[keep], yr[keep])
+        assert compute_metrics(xq[i:i + 1], yq[i:i + 1], xr, yr, exclude=exclude[i:i + 1], clustering=False)[
+            "knn5"] == knn.score(xq[i:i + 1], yq[i:i + 1])
+
+
+def test_leave_one_out_ncm_matches_sklearn_refitted_without_the_query():
+    x, y = clustered(120, 5, seed=9)
+    y[0] = 100  # alone in its class: without it the class has no mean, so it is always wrong
+    got = compute_metrics(x, y, ncm_leave_out=True, clustering=False)["ncm"]
+    preds = [NearestCentroid().fit(np.delete(x, i, 0), np.delete(y, i)).predict(x[i:i + 1])[0] for i in range(len(x))]
+    assert got == pytest.approx(np.mean(np.array(preds) == y), abs=1e-12)
+    assert got < NearestCentroid().fit(x, y).score(x, y)  # the in-sample means flatter every query
+
+
+def test_recall_at_too_large_raises():
+    x, y = clustered(8, 2, seed=4)
+    with pytest.raises(ValueError, match="recall_at="):
+        compute_metrics(x, y, ks=(1,))  # K = 8 needs 8 references besides the query

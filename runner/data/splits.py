@@ -75,12 +75,24 @@ def _official(ds: ImageSet, cfg: DataConfig) -> tuple[np.ndarray, np.ndarray]:
     return train, test
 
 
+def _held_out_classes(labels: np.ndarray, fraction: float, rng: np.random.Generator,
+                      key: str) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out round(fraction·classes) whole classes (at least 1, leaving at least 2)."""
+    classes = rng.permutation(np.unique(labels))
+    if len(classes) < 3:
+        raise ConfigError(key, fraction, f"a split of at least 3 classes into whole classes (there are {len(classes)})")
+    n_held = min(max(1, int(round(fraction * len(classes)))), len(classes) - 2)
+    held = np.isin(labels, classes[:n_held])
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
 def split_dataset(ds: ImageSet, cfg: DataConfig) -> Splits:
     """Train/test (and optional validation) split from cfg.split_seed.
 
     stratified: every class appears in train and test. class_disjoint: whole classes
-    are held out, so the test measures generalisation to unseen identities. official:
-    the data set's own split (ds.partition), with In-Shop's query and gallery kept apart.
+    are held out, so the test measures generalisation to unseen identities; so is the
+    validation split then (held-out training classes, scored leave-one-out like the test).
+    official: the data set's own split (ds.partition), with In-Shop's query and gallery kept apart.
     n_per_class then caps the training images per class (the test split is untouched).
     """
     rng = np.random.default_rng(cfg.split_seed)
@@ -96,16 +108,15 @@ def split_dataset(ds: ImageSet, cfg: DataConfig) -> Splits:
     elif cfg.split == "stratified":
         train_idx, test_idx = _stratified(labels, cfg.test_fraction, rng)
     else:
-        classes = rng.permutation(np.unique(labels))
-        n_test = min(max(1, int(round(cfg.test_fraction * len(classes)))), len(classes) - 2)
-        test_mask = np.isin(labels, classes[:n_test])
-        train_idx, test_idx = np.flatnonzero(~test_mask), np.flatnonzero(test_mask)
+        train_idx, test_idx = _held_out_classes(labels, cfg.test_fraction, rng, "data.test_fraction")
     if cfg.n_per_class is not None:
         train_idx = np.sort(np.concatenate([rng.permutation(train_idx[labels[train_idx] == c])[:cfg.n_per_class]
                                             for c in np.unique(labels[train_idx])]))
     val_idx = None
     if cfg.val_fraction > 0:
-        if grouped:
+        if cfg.split == "class_disjoint":  # held-out classes like the test: tune validates on unseen classes
+            keep, held = _held_out_classes(labels[train_idx], cfg.val_fraction, rng, "data.val_fraction")
+        elif grouped:
             keep, held = _stratified_groups(labels[train_idx], ds.groups[train_idx], cfg.val_fraction, rng, ds,
                                             cfg.group_by, "validation")
         else:

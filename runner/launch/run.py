@@ -33,6 +33,7 @@ from runner.launch.tb_logger import TBLogger
 from runner.training import engine
 from runner.training.checkpoint import load_checkpoint, save_checkpoint
 from runner.training.parts import Parts, build_parts, unwrap
+from runner.training.protocols import Protocol, protocol_for
 
 INTERRUPTED = "interrupted"
 """stop_after_epochs was reached: the checkpoint stays, the next launch resumes."""
@@ -53,6 +54,8 @@ class Run:
     attrs: dict = field(default_factory=dict)
     """Provenance known at start (seed, versions, hosts...): carried into every run.h5 it writes."""
     splits: Optional[Splits] = None
+    protocol: Optional[Protocol] = None
+    """Which split is scored against which (runner.training.protocols), decided once the data is split."""
 
     @property
     def path(self) -> Path:
@@ -105,7 +108,8 @@ def _train(run: Run, progress: bool, stop_after_epochs: Optional[int], on_epoch:
         stop_at = state.epoch + stop_after_epochs if stop_after_epochs else None
         callback = epoch_end(run, parts, logger, lines, len(state.steps["step"]), stop_at, on_epoch, record_stopped)
         t0 = time.perf_counter()
-        state = engine.fit(run.cfg.train, run.cfg.seed, run.splits, parts, run.env, state, callback, progress)
+        state = engine.fit(run.cfg.train, run.cfg.seed, run.splits, parts, run.env, state, callback, progress,
+                           run.protocol)
         if state.stop_reason == INTERRUPTED:
             return run.summary(INTERRUPTED, epoch=state.epoch)
         if state.stop_reason == STOPPED:
@@ -134,6 +138,7 @@ def setup(run: Run) -> tuple[Parts, engine.TrainState]:
     dist.init_process_group(run.env, device)
     run.attrs["hosts"] = dist.gather_hosts(run.env)  # a rank per host on multi-node runs
     run.splits, policy = prepare_data(run.cfg.data)
+    run.protocol = protocol_for(run.cfg.data, run.splits, run.cfg.eval.recall_at)
     parts = build_run_parts(run.cfg, run.splits, policy, run.env, device)
     ckpt = run.dir / "checkpoint.pt"
     state = load_checkpoint(ckpt, parts, run.run_id) or engine.TrainState()
@@ -245,9 +250,11 @@ def record(run: Run, status: str, state: engine.TrainState, **extra) -> store.Ru
     splits = run.splits
     if splits is None:  # failed before the data was loaded
         return rec
+    if run.protocol is not None:
+        rec.attrs.update(run.protocol.attrs())
     if state.snapshots:
         last = max(state.snapshots)
-        for split in ("train", "test"):
+        for split in state.snapshots[last]:  # train, test and the protocol's query/gallery
             part = getattr(splits, split)
             rec.final[split] = {"embeddings": state.snapshots[last][split].numpy().astype("float32"),
                                 "labels": part.labels.numpy(), "index": part.index.numpy()}
@@ -267,8 +274,12 @@ def format_result(result: dict) -> str:
     lines = [f"run {result['run_id']}: {result['status']}{skipped}  ({result['path']})"]
     if result.get("metrics"):
         m = result["metrics"]
-        lines.append("  " + "  ".join(f"{k:>11}" for k in store.METRIC_NAMES))
-        lines.append("  " + "  ".join(f"{m.get(k, float('nan')):11.4f}" for k in store.METRIC_NAMES))
+        recall = [k for k in m if k.startswith("recall_at_")]  # the run's eval.recall_at
+        classify = [k for k in store.METRIC_NAMES if k in ("knn1", "knn5", "ncm", "nmi", "ami")]
+        retrieve = [k for k in store.METRIC_NAMES if k in ("p_at_1", "r_precision", "map_at_r")] + recall
+        for row in (classify, retrieve):
+            lines.append("  " + "  ".join(f"{k:>11}" for k in row))
+            lines.append("  " + "  ".join(f"{m.get(k, float('nan')):11.4f}" for k in row))
     if "train_time_s" in result:
         lines.append(f"  train time {result['train_time_s']:.1f} s, {result['samples_per_s']:.0f} samples/s")
     if result.get("error"):

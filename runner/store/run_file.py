@@ -23,8 +23,10 @@ from runner.store.files import atomic_path
 
 FORMAT_VERSION = 1
 REQUIRED = ("final/train/embeddings", "final/train/labels", "final/test/embeddings", "final/test/labels")
-METRIC_NAMES = ("knn1", "knn5", "ncm", "p_at_1", "r_precision", "map_at_r")
-"""Test metrics of every evaluated epoch (history/epochs) and of the run (attrs `metrics`)."""
+METRIC_NAMES = ("knn1", "knn5", "ncm", "p_at_1", "r_precision", "map_at_r",
+                "recall_at_1", "recall_at_2", "recall_at_4", "recall_at_8", "nmi", "ami")
+"""Test metrics of every evaluated epoch (history/epochs) and of the run (attrs `metrics`); the
+recall_at_<K> are those of the default eval.recall_at (docs/evaluation.md defines each)."""
 STEP_KEYS = ("loss", "active_fraction", "pos_distance", "neg_distance", "embedding_norm", "lr")
 """Per-step columns of history/steps, besides `epoch` and `step`."""
 EPOCH_TIMING_KEYS = ("epoch", "train_loss", "train_s", "eval_s")

@@ -27,8 +27,8 @@ from runner.data.splits import Splits
 from runner.dist import DistEnv
 from runner.losses import loss_with_stats
 from runner.store import STEP_KEYS
-from runner.training import evaluate
 from runner.training.parts import Parts
+from runner.training.protocols import STRATIFIED, Protocol, evaluate_splits
 
 
 class NonFiniteLoss(RuntimeError):
@@ -48,7 +48,7 @@ class TrainState:
     epochs: list = field(default_factory=list)
     """One dict of metrics per evaluated epoch."""
     snapshots: dict = field(default_factory=dict)
-    """epoch -> {"train": emb, "test": emb} stored embeddings."""
+    """epoch -> {"train": emb, "test": emb, ...} stored embeddings (Protocol.stored_splits)."""
     elapsed_s: float = 0.0
     stop_reason: Optional[str] = None
     """Set when an epoch callback ended training early (not checkpointed)."""
@@ -61,12 +61,16 @@ class DeviceData:
     labels: torch.Tensor
     test_images: torch.Tensor
     val_images: Optional[torch.Tensor]
+    eval_images: dict = field(default_factory=dict)
+    """Images of the other splits the protocol scores (query, gallery), by split name."""
 
     @classmethod
-    def of(cls, splits: Splits, device: torch.device) -> "DeviceData":
+    def of(cls, splits: Splits, device: torch.device, protocol: Protocol = STRATIFIED) -> "DeviceData":
         val = splits.val.images.to(device) if splits.val is not None else None
+        extra = {name: getattr(splits, name).images.to(device) for name in protocol.stored_splits
+                 if name not in ("train", "test")}
         return cls(splits.train.images.to(device), splits.train.labels.to(device),
-                   splits.test.images.to(device), val)
+                   splits.test.images.to(device), val, extra)
 
 
 EpochCallback = Callable[[TrainState], Optional[str]]
@@ -75,19 +79,19 @@ EpochCallback = Callable[[TrainState], Optional[str]]
 
 def fit(t: TrainConfig, seed: int, splits: Splits, parts: Parts, env: DistEnv,
         state: Optional[TrainState] = None, on_epoch_end: Optional[EpochCallback] = None,
-        progress: bool = False) -> TrainState:
-    """Train from state.epoch to parts.epochs, evaluating and calling on_epoch_end each epoch."""
+        progress: bool = False, protocol: Protocol = STRATIFIED) -> TrainState:
+    """Train from state.epoch to parts.epochs, evaluating (by protocol) and calling on_epoch_end each epoch."""
     state = state or TrainState()
-    data = DeviceData.of(splits, parts.device)
+    data = DeviceData.of(splits, parts.device, protocol)
     if state.epoch == 0 and not state.epochs:
-        record_epoch(parts, splits, data, env, state, t.save_every, 0.0)
+        record_epoch(parts, splits, data, env, state, t.save_every, 0.0, protocol)
         if on_epoch_end and _stopped(state, on_epoch_end(state)):
             return state
     for epoch in range(state.epoch + 1, parts.epochs + 1):
         t0 = time.perf_counter()
         train_one_epoch(parts, data, epoch, state, seed, t.grad_clip, progress)
         state.epoch = epoch
-        record_epoch(parts, splits, data, env, state, t.save_every, time.perf_counter() - t0)
+        record_epoch(parts, splits, data, env, state, t.save_every, time.perf_counter() - t0, protocol)
         if on_epoch_end and _stopped(state, on_epoch_end(state)):
             return state
     return state
@@ -188,24 +192,23 @@ def embed(model: torch.nn.Module, images: torch.Tensor, env: DistEnv, batch_size
     return full
 
 
-def evaluate_epoch(parts: Parts, splits: Splits, data: DeviceData, env: DistEnv) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    """Test metrics (test queries vs train references), plus val_* metrics when a val split exists."""
-    model = parts.model
-    train_emb = embed(model, data.images, env)
-    test_emb = embed(model, data.test_images, env)
-    metrics = evaluate.compute_metrics(test_emb, splits.test.labels, train_emb, splits.train.labels)
+def evaluate_epoch(parts: Parts, splits: Splits, data: DeviceData, env: DistEnv,
+                   protocol: Protocol = STRATIFIED) -> tuple[dict, dict]:
+    """Test (and val_*) metrics by protocol, and the embeddings of protocol.stored_splits by split name."""
+    emb = {"train": embed(parts.model, data.images, env), "test": embed(parts.model, data.test_images, env)}
+    for name, images in data.eval_images.items():
+        emb[name] = embed(parts.model, images, env)
     if data.val_images is not None:
-        val_emb = embed(model, data.val_images, env)
-        val = evaluate.compute_metrics(val_emb, splits.val.labels, train_emb, splits.train.labels)
-        metrics.update({f"val_{k}": v for k, v in val.items()})
-    return metrics, train_emb, test_emb
+        emb["val"] = embed(parts.model, data.val_images, env)
+    metrics = evaluate_splits(protocol, splits, emb)
+    return metrics, {name: emb[name] for name in protocol.stored_splits}
 
 
 def record_epoch(parts: Parts, splits: Splits, data: DeviceData, env: DistEnv, state: TrainState,
-                 save_every: int, train_s: float) -> None:
+                 save_every: int, train_s: float, protocol: Protocol = STRATIFIED) -> None:
     """Evaluate, append the epoch's row to state.epochs and keep the embeddings to store."""
     t0 = time.perf_counter()
-    metrics, train_emb, test_emb = evaluate_epoch(parts, splits, data, env)
+    metrics, stored = evaluate_epoch(parts, splits, data, env, protocol)
     epoch = state.epoch
     losses_this = [l for e, l in zip(state.steps["epoch"], state.steps["loss"]) if e == epoch]
     state.epochs.append({"epoch": epoch, "train_loss": float(np.mean(losses_this)) if losses_this else float("nan"),
@@ -216,4 +219,4 @@ def record_epoch(parts: Parts, splits: Splits, data: DeviceData, env: DistEnv, s
     previous = max(state.snapshots, default=None)
     if previous is not None and previous % save_every != 0:
         del state.snapshots[previous]
-    state.snapshots[epoch] = {"train": train_emb, "test": test_emb}
+    state.snapshots[epoch] = stored

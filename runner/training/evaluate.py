@@ -1,148 +1,34 @@
-"""Exact retrieval and classification metrics of embeddings: kNN, NCM, P@1, R-precision, MAP@R.
+"""Exact retrieval, classification and clustering metrics of queries against references.
 
-Brute force over blocks of queries (float64 below MIN_REFS_TO_FILTER references, float32 above),
-Definitions follow scikit-learn (kNN, NCM) and pytorch-metric-learning's AccuracyCalculator
+kNN and NCM accuracy, P@1, R-precision, MAP@R, Recall@K, and NMI/AMI of k-means on the
+queries. The neighbour search is runner.training.knn's (blocked, exact); definitions follow
+scikit-learn (kNN, NCM, KMeans, NMI, AMI) and pytorch-metric-learning's AccuracyCalculator
 (P@1, R-precision, MAP@R with k="max_bin_count"); tests/test_evaluate.py checks both.
+docs/evaluation.md gives every formula; runner.training.protocols says which split is the
+query and which the reference.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import warnings
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from sklearn.cluster import KMeans
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
+from threadpoolctl import threadpool_limits
 
-BLOCK_BYTES = 256 * 2**20
-"""Memory budget of one block of queries when block_size is None."""
-TILE_BYTES = 4 * 2**20
-"""Size of one distance tile of the filtered search: small enough to stay in the CPU cache."""
-SAMPLE_STRIDE = 32
-"""One reference in SAMPLE_STRIDE estimates each query's k-th neighbour distance."""
-MIN_REFS_TO_FILTER = 2048
-"""Below this many references a plain topk over full distance rows is as fast."""
+from runner.training import knn
 
-
-@dataclass(frozen=True)
-class _Refs:
-    """Centred references as the right factor of one GEMM that yields distances."""
-
-    mean: torch.Tensor  # [dim] float64; centring shrinks norms, hence the cancellation in |a|²-2ab+|b|²
-    aug: torch.Tensor  # [dim + 1, n]: rows -2 * ref.T, then |ref|²
-    sample: torch.Tensor  # [dim + 1, n / SAMPLE_STRIDE], every SAMPLE_STRIDE-th column of aug
-    n: int  # real references
-
-    @classmethod
-    def build(cls, ref: torch.Tensor, dtype: torch.dtype = torch.float32) -> "_Refs":
-        """Centre the references on their mean and stack -2 * ref.T over the squared norms."""
-        mean = ref.mean(0, dtype=torch.float64)
-        centred = (ref - mean).to(dtype)
-        # [q, 1] @ aug = |r|² - 2 q.r, the distance minus |q|² (constant per row, so ranks are
-        # exact): one plain GEMM, while addmm's broadcast of |r|² costs as much as the product
-        aug = torch.cat([-2 * centred.t(), centred.square().sum(1)[None]])
-        return cls(mean, aug, aug[:, :: SAMPLE_STRIDE].contiguous(), len(ref))
-
-    def lift(self, query: torch.Tensor) -> torch.Tensor:
-        """Queries centred like the references, with the trailing 1 that picks up |ref|²."""
-        return torch.nn.functional.pad((query - self.mean).to(self.aug.dtype), (0, 1), value=1.0)
-
-
-def _topk_direct(q: torch.Tensor, refs: _Refs, k: int, self_cols: Optional[torch.Tensor]) -> torch.Tensor:
-    """Indices of the k nearest references, nearest first, from full distance rows."""
-    d = q @ refs.aug
-    if self_cols is not None:  # exclude each query's own index, not every identical vector
-        d[torch.arange(len(q), device=q.device), self_cols] = math.inf
-    return d.topk(k, dim=1, largest=False).indices
-
-
-def _collect_kernel():
-    """A numba kernel: append each column under its row's tau (but the row's own) as a sort key.
-
-    One pass over a GEMM tile, no temporaries: on CPU this replaces a compare, a nonzero and
-    gathers that together cost three times the GEMM. A key is the distance's bits made
-    order-preserving as an unsigned int, over the column: sorting keys orders by distance,
-    ties by column, and numpy's vectorised integer sort is 3x faster than torch.topk here.
-    Rows in parallel (numba's threads, as many as torch uses). Compiled on first use, cached.
-    """
-    global _COLLECT
-    if _COLLECT is None:
-        import numba  # optional speed-up, seconds to import: only for large reference sets
-
-        sign, low, shift = np.uint64(0x80000000), np.uint64(0xFFFFFFFF), np.uint64(32)
-
-        @numba.njit(cache=True, parallel=True, boundscheck=False)
-        def collect(d, bits, tau, col0, own, keys, fill):
-            cap = keys.shape[1]
-            for i in numba.prange(d.shape[0]):
-                f, t, skip = fill[i], tau[i], own[i] - col0
-                for j in range(d.shape[1]):
-                    if d[i, j] <= t and j != skip:
-                        if f < cap:
-                            u = np.uint64(bits[i, j])
-                            u = (u ^ low) if (u & sign) else (u | sign)  # negative floats reversed
-                            keys[i, f] = (u << shift) | np.uint64(col0 + j)
-                        f += 1
-                fill[i] = f
-
-        _COLLECT = collect
-    return _COLLECT
-
-
-_COLLECT = None
-
-
-def _topk_filtered(q: torch.Tensor, refs: _Refs, k: int, self_cols: Optional[torch.Tensor]) -> torch.Tensor:
-    """Same as _topk_direct, but only the few references under a per-query threshold are sorted.
-
-    torch.topk with a large k over 10^5 columns costs several times the GEMM on CPU; a threshold
-    from a 1/SAMPLE_STRIDE sample keeps ~k + 3 sigma candidates per row, and rows that end up
-    with fewer than k (rare) or far too many (e.g. collapsed embeddings) are redone directly.
-    The GEMM runs tile by tile into one buffer, which the kernel scans.
-    """
-    import numba  # seconds to import, and needed only for large reference sets
-    k_need = k + (self_cols is not None)
-    expected = k_need * refs.sample.shape[1] / refs.n
-    k_sample = min(refs.sample.shape[1], math.ceil(expected + 3 * math.sqrt(expected) + 2))
-    tau = (q @ refs.sample).topk(k_sample, dim=1, largest=False, sorted=False).values.amax(1)
-    limit = 2 * k_sample * SAMPLE_STRIDE + k_need  # bounds memory when many distances tie
-    b, n = len(q), refs.aug.shape[1]
-    keys, fill = np.full((b, limit), np.iinfo(np.uint64).max, np.uint64), np.zeros(b, np.int64)
-    own = self_cols.numpy() if self_cols is not None else np.full(b, -1, np.int64)
-    collect, tau_np = _collect_kernel(), tau.numpy()
-    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-    tile = max(256, TILE_BYTES // (4 * b))
-    buf = torch.empty(b, tile)
-    for start in range(0, n, tile):
-        width = min(tile, n - start)  # a narrower last tile: a copy keeps the kernel's one (C) layout
-        d = torch.mm(q, refs.aug[:, start : start + tile], out=buf[:, :width])
-        d = (d if width == tile else d.contiguous()).numpy()
-        collect(d, d.view(np.uint32), tau_np, start, own, keys, fill)
-    width = max(k, min(int(fill.max()), limit))
-    top = np.sort(keys[:, :width], axis=1)[:, :k]
-    out = torch.from_numpy((top & np.uint64(0xFFFFFFFF)).astype(np.int64))
-    redo = torch.from_numpy(np.flatnonzero((fill < k) | (fill > limit)))
-    step = _block_size(refs.n, k, filtered=False)  # full rows: keep to the direct path's budget
-    for s in range(0, len(redo), step):
-        rows = redo[s : s + step]
-        out[rows] = _topk_direct(q[rows], refs, k, None if self_cols is None else self_cols[rows])
-    return out
-
-
-def _use_filter(ref_emb: torch.Tensor, k: int) -> bool:
-    """Whether the threshold filter pays off: on CPU, when k is a small fraction of the references."""
-    # on GPU topk is fast and nonzero syncs, so full rows win there
-    return ref_emb.device.type == "cpu" and len(ref_emb) >= MIN_REFS_TO_FILTER and (k + 1) * 4 <= len(ref_emb)
-
-
-def _block_size(n_ref: int, k: int, filtered: bool) -> int:
-    """Queries per block such that one block's buffers stay near BLOCK_BYTES."""
-    # per query: a full distance row, or (filtered) one tile row and the candidate buffers (12 B
-    # per slot, ~3 k slots) and topk's copies; then about 40 B per neighbour for the metrics
-    # (labels, masks, cumsum, float64 precisions)
-    row_bytes = (16 * 2**10 + 100 * k) if filtered else (4 * n_ref + 40 * k)
-    size = max(1, BLOCK_BYTES // row_bytes)
-    return min(size, 2048) if filtered else size  # bigger blocks only shrink the tiles
+RECALL_AT = (1, 2, 4, 8)
+"""Default K of Recall@K, as reported on CUB-200, Cars196 and SOP."""
+KMEANS_N_INIT = 3
+"""k-means restarts behind NMI/AMI (the best inertia wins): fixed, so a run.h5 can be recomputed."""
+KMEANS_SEED = 0
+"""random_state of that k-means: the same embeddings always give the same NMI/AMI."""
 
 
 def knn_predict(neighbor_labels: torch.Tensor, k: int) -> torch.Tensor:
@@ -156,34 +42,64 @@ def knn_predict(neighbor_labels: torch.Tensor, k: int) -> torch.Tensor:
     return classes[votes.argmax(1)]  # argmax returns the first maximum, classes are sorted
 
 
-def nearest_class_mean(query_emb, ref_emb, ref_labels) -> torch.Tensor:
-    """Label of the closest reference class mean for each query (Euclidean, float64 like NearestCentroid)."""
+def nearest_class_mean(query_emb, ref_emb, ref_labels, exclude: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Label of the closest reference class mean for each query (Euclidean, float64 like NearestCentroid).
+
+    Args:
+        exclude: per query, a reference column (-1 for none) left out of its class mean: the
+            query's own entry in leave-one-out NCM. A class it leaves empty is never predicted.
+    """
     query_emb, ref_emb, ref_labels = _as_tensor(query_emb), _as_tensor(ref_emb), _as_tensor(ref_labels)
     classes, inverse = torch.unique(ref_labels, return_inverse=True)
-    means = torch.zeros(len(classes), ref_emb.shape[1], dtype=torch.float64, device=ref_emb.device)
-    means.index_add_(0, inverse, ref_emb.double())
-    means /= torch.bincount(inverse, minlength=len(classes))[:, None]
-    block_size = max(1, BLOCK_BYTES // (16 * (len(classes) + ref_emb.shape[1])))  # float64 rows
-    preds = [
-        classes[torch.cdist(query_emb[s : s + block_size].double(), means).argmin(1)]
-        for s in range(0, len(query_emb), block_size)
-    ]
+    sums = torch.zeros(len(classes), ref_emb.shape[1], dtype=torch.float64, device=ref_emb.device)
+    sums.index_add_(0, inverse, ref_emb.double())
+    counts = torch.bincount(inverse, minlength=len(classes))
+    means = sums / counts[:, None]
+    block_size = max(1, knn.BLOCK_BYTES // (16 * (len(classes) + ref_emb.shape[1])))  # float64 rows
+    preds = []
+    for s in range(0, len(query_emb), block_size):
+        q = query_emb[s : s + block_size].double()
+        d = torch.cdist(q, means)
+        if exclude is not None:
+            rows = torch.nonzero(exclude[s : s + block_size] >= 0).flatten()
+            cols = exclude[s : s + block_size][rows]
+            c, n = inverse[cols], counts[inverse[cols]]
+            left = (sums[c] - ref_emb[cols].double()) / (n - 1).clamp_min(1)[:, None]
+            own = torch.linalg.vector_norm(q[rows] - left, dim=1)
+            d[rows, c] = torch.where(n > 1, own, torch.full_like(own, math.inf))
+        preds.append(classes[d.argmin(1)])
     return torch.cat(preds) if preds else classes[:0]
 
 
-def _retrieval_sums(nn_labels: torch.Tensor, labels: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """Sums of P@1, R-precision and AP@R over queries with R > 0, as in PML's AccuracyCalculator."""
-    valid = r > 0  # PML drops queries whose class has no other reference
+def cluster_scores(emb, labels, n_init: int = KMEANS_N_INIT, seed: int = KMEANS_SEED) -> dict[str, float]:
+    """NMI and AMI between the labels and k-means clusters of emb, k = number of labels."""
+    x = _as_tensor(emb).detach().cpu().float().numpy()  # float32 whatever came in: one result per embedding
+    y = _as_tensor(labels).cpu().numpy()
+    kmeans = KMeans(n_clusters=len(np.unique(y)), n_init=n_init, random_state=seed)
+    # as many threads as torch uses (numba does the same): OpenMP's default oversubscribes shared nodes
+    with threadpool_limits(torch.get_num_threads()), warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # collapsed embeddings: fewer distinct clusters
+        clusters = kmeans.fit_predict(x)
+    return {"nmi": float(normalized_mutual_info_score(y, clusters)),
+            "ami": float(adjusted_mutual_info_score(y, clusters))}
+
+
+def _retrieval_sums(nn_labels: torch.Tensor, labels: torch.Tensor, r: torch.Tensor,
+                    recall_at: tuple[int, ...]) -> torch.Tensor:
+    """Sums of P@1, R-precision, AP@R and Recall@K over queries with R > 0 (PML drops the others)."""
+    valid = r > 0
     nn_labels, labels, r = nn_labels[valid], labels[valid], r[valid]
     if len(r) == 0:
-        return torch.zeros(3, dtype=torch.float64, device=r.device)
+        return torch.zeros(3 + len(recall_at), dtype=torch.float64, device=r.device)
+    same = nn_labels == labels[:, None]
     width = int(r.max())  # columns past the largest R of the block never count
     rank = torch.arange(1, width + 1, device=r.device)
-    hit = (nn_labels[:, :width] == labels[:, None]) & (rank <= r[:, None])
+    hit = same[:, :width] & (rank <= r[:, None])
     # AP@R = 1/R * sum over hits in the top R of (hits so far / rank); misses inside R count as 0
     ap = (hit.cumsum(1) / rank.double()).mul_(hit).sum(1) / r
-    p1 = (nn_labels[:, 0] == labels).sum()
-    return torch.stack([p1.double(), (hit.sum(1) / r.double()).sum(), ap.sum()])
+    p1 = same[:, 0].sum()
+    recall = [same[:, :k].any(1).sum().double() for k in recall_at]  # a relevant item in the first K
+    return torch.stack([p1.double(), (hit.sum(1) / r.double()).sum(), ap.sum(), *recall])
 
 
 def _as_tensor(x, device=None) -> torch.Tensor:
@@ -199,55 +115,77 @@ def compute_metrics(
     ref_labels=None,
     *,
     ks: Sequence[int] = (1, 5),
+    recall_at: Sequence[int] = RECALL_AT,
+    exclude=None,
+    ncm_leave_out: bool = False,
+    clustering: bool = True,
     block_size: Optional[int] = None,
     device=None,
 ) -> dict[str, float]:
-    """kNN and NCM accuracy, P@1, R-precision and MAP@R of queries against references.
+    """knn<k>, ncm, p_at_1, r_precision, map_at_r, recall_at_<K> (and nmi, ami) of queries against references.
 
     Args:
         ref_emb: None makes the queries their own references, each query's own index excluded.
-        block_size: queries per block; None picks it from BLOCK_BYTES.
+        exclude: per query, one reference column never matched with it (-1 for none), e.g. the
+            same image in a query/gallery split; None excludes nothing (or, with ref_emb None,
+            each query's own index).
+        ncm_leave_out: leave each query's excluded reference out of its class mean as well
+            (leave-one-out NCM); False compares with the means of all references.
+        clustering: add nmi and ami of k-means on the queries (cluster_scores).
+        block_size: queries per block; None picks it from knn.BLOCK_BYTES.
         device: where to compute; None keeps the query's device.
     """
-    exclude = ref_emb is None
     query_emb = _as_tensor(query_emb, device)
     device = query_emb.device
     query_labels = _as_tensor(query_labels, device).long()
-    ref_emb = query_emb if exclude else _as_tensor(ref_emb, device)
-    ref_labels = query_labels if exclude else _as_tensor(ref_labels, device).long()
+    if ref_emb is None:
+        ref_emb, ref_labels = query_emb, query_labels
+        exclude = torch.arange(len(query_emb), device=device) if exclude is None else exclude
+    else:
+        ref_emb, ref_labels = _as_tensor(ref_emb, device), _as_tensor(ref_labels, device).long()
+    own = None if exclude is None else _as_tensor(exclude, device).long()
     if len(query_emb) != len(query_labels) or len(ref_emb) != len(ref_labels):
         raise ValueError("embeddings and labels must have the same length")
-    if max(ks) > len(ref_emb) - exclude:
-        raise ValueError(f"ks={tuple(ks)} needs more than the {len(ref_emb) - exclude} references available")
+    if own is not None and (own.shape != query_labels.shape or bool(((own < -1) | (own >= len(ref_emb))).any())):
+        raise ValueError("exclude must hold one reference column (or -1) per query")
+    available = len(ref_emb) - int(own is not None and bool((own >= 0).any()))
+    for name, values in (("ks", ks), ("recall_at", recall_at)):
+        if values and max(values) > available:
+            raise ValueError(f"{name}={tuple(values)} needs more than the {available} references available")
     with torch.inference_mode():
-        return _compute(query_emb, query_labels, ref_emb, ref_labels, exclude, tuple(ks), block_size)
+        found = _compute(query_emb, query_labels, ref_emb, ref_labels, own, tuple(ks), tuple(recall_at), block_size)
+        ncm = nearest_class_mean(query_emb, ref_emb, ref_labels, own if ncm_leave_out else None) == query_labels
+    out = {**{f"knn{k}": found.pop(f"knn{k}") for k in ks}, "ncm": ncm.double().mean().item(), **found}
+    if clustering:
+        out.update(cluster_scores(query_emb, query_labels))
+    return out
 
 
-def _compute(query_emb, query_labels, ref_emb, ref_labels, exclude, ks, block_size) -> dict[str, float]:
-    """Body of compute_metrics, on tensors already checked and moved to one device."""
+def _compute(query_emb, query_labels, ref_emb, ref_labels, own, ks, recall_at, block_size) -> dict[str, float]:
+    """kNN and retrieval metrics of compute_metrics, on tensors already checked and moved to one device."""
     device = query_emb.device
     _, inverse = torch.unique(torch.cat([query_labels, ref_labels]), return_inverse=True)
     q_labels, r_labels = inverse[: len(query_labels)], inverse[len(query_labels) :]
-    r = torch.bincount(r_labels, minlength=int(inverse.max()) + 1)[q_labels] - int(exclude)
-    k = max(max(ks), int(r.max()) if len(r) else 0)
-    filtered = _use_filter(ref_emb, k)
+    r = torch.bincount(r_labels, minlength=int(inverse.max()) + 1)[q_labels]
+    if own is not None:  # the excluded reference is no relevant item (it has the query's label when it is itself)
+        r -= ((own >= 0) & (r_labels[own.clamp_min(0)] == q_labels)).long()
+    k = max(max(ks), max(recall_at, default=1), int(r.max()) if len(r) else 0)
+    filtered = knn.use_filter(ref_emb, k)
     # float64 where it costs nothing (small reference sets): float32 rounding (~1e-7 of the
     # norms) can swap near-tied neighbours, and kNN then differs from an exact float64 search
-    refs = _Refs.build(ref_emb, torch.float64 if len(ref_emb) < MIN_REFS_TO_FILTER else torch.float32)
-    block_size = block_size or _block_size(refs.n, k, filtered)
+    refs = knn.Refs.build(ref_emb, torch.float64 if len(ref_emb) < knn.MIN_REFS_TO_FILTER else torch.float32)
+    block_size = block_size or knn.block_size(refs.n, k, filtered)
+    topk = knn.topk_filtered if filtered else knn.topk_direct
     query = refs.lift(query_emb)
-    sums = torch.zeros(len(ks) + 3, dtype=torch.float64, device=device)
+    sums = torch.zeros(len(ks) + 3 + len(recall_at), dtype=torch.float64, device=device)
     for s in range(0, len(query), block_size):
         e = min(s + block_size, len(query))
-        self_cols = torch.arange(s, e, device=device) if exclude else None
-        topk = _topk_filtered if filtered else _topk_direct
-        nn_labels = r_labels[topk(query[s:e], refs, k, self_cols)]
+        nn_labels = r_labels[topk(query[s:e], refs, k, None if own is None else own[s:e])]
         knn_hits = [(knn_predict(nn_labels, kk) == q_labels[s:e]).sum() for kk in ks]
-        sums += torch.cat([torch.stack(knn_hits).double(), _retrieval_sums(nn_labels, q_labels[s:e], r[s:e])])
-    ncm = (nearest_class_mean(query_emb, ref_emb, ref_labels) == query_labels).double().mean()
+        sums += torch.cat([torch.stack(knn_hits).double(), _retrieval_sums(nn_labels, q_labels[s:e], r[s:e], recall_at)])
     n_valid = int((r > 0).sum())
     out = {f"knn{kk}": (sums[i] / len(query)).item() for i, kk in enumerate(ks)}
-    out["ncm"] = ncm.item()
-    for name, total in zip(("p_at_1", "r_precision", "map_at_r"), sums[len(ks) :]):
+    names = ("p_at_1", "r_precision", "map_at_r", *(f"recall_at_{kk}" for kk in recall_at))
+    for name, total in zip(names, sums[len(ks) :]):
         out[name] = (total / n_valid).item() if n_valid else math.nan
     return out
