@@ -207,6 +207,7 @@ def finish(run: Run, state: engine.TrainState, parts: Parts, logger: Optional[TB
             torch.save({"run_id": run.run_id, "model": unwrap(parts.model).state_dict()}, tmp)
         store.write_run(run.path, rec)
         (run.dir / "checkpoint.pt").unlink(missing_ok=True)
+        store.index_run(run.path)
     return run.summary("completed", metrics=metrics, train_time_s=state.elapsed_s, samples_per_s=samples_per_s)
 
 
@@ -219,6 +220,7 @@ def fail(run: Run, state: engine.TrainState, exc: Exception) -> dict:
             extra.update(failed_epoch=exc.epoch, failed_step=exc.step)
         try:
             store.write_run(run.path, record(run, "failed", state, **extra))
+            store.index_run(run.path)
         except OSError as write_exc:  # a full or vanished disk: report both reasons, leave no run.h5
             error += f" (and run.h5 could not be written: {type(write_exc).__name__}: {write_exc})"
     return run.summary("failed", error=error)
