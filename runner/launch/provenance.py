@@ -1,4 +1,4 @@
-"""Where a result came from: package versions, git revision, host."""
+"""Where a result came from: package versions, git revision (and uncommitted diff), host."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from importlib import metadata
 from pathlib import Path
 
 from runner import dist
+from runner.store.submissions import store_diff
 
 PACKAGES = ("torch", "torchvision", "pytorch-metric-learning", "numpy", "h5py", "scikit-learn", "dmlrunner")
 
@@ -35,6 +36,21 @@ def git_rev() -> str:
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (rev + ("+dirty" if dirty else "")) if rev else "unknown"
+
+
+def git_diff() -> str:
+    """The uncommitted changes to tracked files of this package's checkout ('' when clean or not a checkout)."""
+    here = Path(__file__).resolve().parent
+    try:
+        return subprocess.run(["git", "-C", str(here), "diff", "HEAD"], capture_output=True, text=True,
+                              timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def submission_provenance(out: str | Path) -> dict:
+    """git rev of a submission, and its diff stored once under OUT/provenance/<sha>.diff (by hash)."""
+    return {"git_rev": git_rev(), "diff_sha256": store_diff(out, git_diff())}
 
 
 def provenance(env: dist.DistEnv) -> dict:

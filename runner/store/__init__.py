@@ -5,9 +5,9 @@ from runner.store.files import (MIN_FREE_BYTES, RunLocked, atomic_path, atomic_w
                                 is_locked, remove_stale_temporaries, run_dir, run_lock, run_path)
 from runner.store.catalog import index_run
 from runner.store.run_file import (EPOCH_TIMING_KEYS, FORMAT_VERSION, METRIC_NAMES, REQUIRED, STEP_KEYS, CorruptRun,
-                                   RunRecord, epoch_group, read_attrs, read_run, run_status, write_run)
+                                   RunRecord, epoch_group, read_attrs, read_run, run_status, run_summary, write_run)
 
 __all__ = ["EPOCH_TIMING_KEYS", "FORMAT_VERSION", "METRIC_NAMES", "MIN_FREE_BYTES", "REQUIRED", "STEP_KEYS",
            "CorruptRun", "RunLocked", "RunRecord", "atomic_path", "atomic_write", "check_writable", "epoch_group",
            "fsync_replace", "index_run", "is_locked", "read_attrs", "read_run", "remove_stale_temporaries", "run_dir", "run_lock",
-           "run_path", "run_status", "write_run"]
+           "run_path", "run_status", "run_summary", "write_run"]
