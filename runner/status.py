@@ -22,7 +22,7 @@ from typing import Optional
 from runner.cli import add_set_option, command
 from runner.config import ConfigError, flatten, run_id
 from runner.launch import slurm_jobs, status
-from runner.launch.provenance import submission_provenance
+from runner.launch.revision import submission_provenance
 from runner.store import catalog, submissions
 
 

@@ -23,7 +23,7 @@ from typing import Optional
 
 from runner.config import RunConfig, run_id
 from runner.launch import slurm_jobs, status
-from runner.launch.provenance import submission_provenance
+from runner.launch.revision import submission_provenance
 from runner.store import submissions
 
 IN_QUEUE = {"pending", "requeued", "preempted", "running"}

@@ -77,6 +77,22 @@ def index_run(path: str | Path) -> None:
                        catalog_path(out), path.parent.name, exc, out)
 
 
+def upsert_rows(out: str | Path, rows: list[tuple]) -> None:
+    """Upsert rows (row_from_attrs) in one transaction; a catalog that cannot be written is left as it is."""
+    if not rows:
+        return
+    try:
+        con = connect(out)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            _upsert(con, rows)
+            con.execute("COMMIT")
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        LOGGER.warning("catalog %s not updated: %s", catalog_path(out), exc)
+
+
 def rebuild(out: str | Path) -> int:
     """Rows for every readable run.h5 under OUT/runs, replacing the catalog's content in one transaction."""
     rows = []
