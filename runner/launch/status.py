@@ -140,7 +140,8 @@ def collect(out: str | Path, runs: Optional[list[tuple[str, dict]]] = None, use_
     else:
         configs = {}
     files = file_states(out, [rid for rid, _ in runs])
-    newest = [job[-1] for rid, job in jobs.items()]
+    local = {j["job_id"] for rec in records if rec.get("cluster", "slurm") != "slurm" for j in rec.get("jobs", [])}
+    newest = [job[-1] for job in jobs.values() if job[-1].split("_")[0] not in local]  # local pids are no SLURM jobs
     attempts = slurm_jobs.job_attempts(newest) if use_slurm and newest else {}
     rows = []
     for i, (rid, flat) in enumerate(runs):
