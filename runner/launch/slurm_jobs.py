@@ -33,20 +33,27 @@ def _run(cmd: list[str], timeout_s: float = 60) -> str:
     return p.stdout if p.returncode == 0 else ""
 
 
-def job_attempts(job_ids: list[str]) -> dict[str, list[dict]]:
-    """job_task ('123_4', or '123') -> its attempts, oldest first (requeues are attempts too).
+def job_attempts(job_ids: list[str]) -> tuple[dict[str, list[dict]], set[str]]:
+    """(job_task ('123_4', or '123') -> its attempts, oldest first; the job ids SLURM knows at all).
 
     sacct (with -D: one line per attempt) knows ended and running jobs; squeue -r knows
     the pending array tasks that sacct still lists as one '123_[5-9]' line, and is newer.
+    A pending task cancelled before it started leaves no line of its own: its job is
+    known and the task has no attempt.
     """
     ids = sorted({j.split("_")[0] for j in job_ids})
     if not ids:
-        return {}
+        return {}, set()
     attempts: dict[str, list[dict]] = {}
+    grouped: dict[str, str] = {}
     text = _run(["sacct", "-n", "-P", "-D", "-X", "-j", ",".join(ids), "-o", ",".join(SACCT_FIELDS)])
     for line in text.splitlines():
         f = line.split("|")
-        if len(f) < len(SACCT_FIELDS) or "[" in f[0]:
+        if len(f) < len(SACCT_FIELDS):
+            continue
+        if "[" in f[0]:  # tasks not started yet, one line: 123_[0,2,5-9%4]
+            array, _, tasks = f[0].partition("_")
+            grouped.update({f"{array}_{t}": f[1].split()[0] for t in expand_tasks(tasks)})
             continue
         attempts.setdefault(f[0], []).append({"state": f[1].split()[0] if f[1] else "", "elapsed_s": parse_time(f[2]),
                                               "node": f[3], "time_limit_s": parse_time(f[4]),
@@ -63,7 +70,20 @@ def job_attempts(job_ids: list[str]) -> dict[str, list[dict]]:
             seen[-1].update(live)  # the same attempt, as the controller sees it now
         else:
             seen.append(live)
-    return attempts
+    for task, state in grouped.items():
+        if task not in attempts:
+            attempts[task] = [{"state": state}]
+    return attempts, {j.split("_")[0] for j in attempts}
+
+
+def expand_tasks(text: str) -> list[int]:
+    """'[0,2,5-7%4]' -> [0, 2, 5, 6, 7]."""
+    out = []
+    for part in text.strip("[]").split("%")[0].split(","):
+        lo, _, hi = part.partition("-")
+        if lo.isdigit():
+            out += range(int(lo), int(hi or lo) + 1)
+    return out
 
 
 def parse_time(text: str) -> Optional[float]:

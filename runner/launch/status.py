@@ -141,20 +141,23 @@ def collect(out: str | Path, runs: Optional[list[tuple[str, dict]]] = None, use_
         configs = {}
     files = file_states(out, [rid for rid, _ in runs])
     local = {j["job_id"] for rec in records if rec.get("cluster", "slurm") != "slurm" for j in rec.get("jobs", [])}
-    newest = [job[-1] for job in jobs.values() if job[-1].split("_")[0] not in local]  # local pids are no SLURM jobs
-    attempts = slurm_jobs.job_attempts(newest) if use_slurm and newest else {}
+    asked = [j for job in jobs.values() for j in job if j.split("_")[0] not in local]  # local pids are no SLURM jobs
+    attempts, known = slurm_jobs.job_attempts(asked) if use_slurm and asked else ({}, set())
     rows = []
     for i, (rid, flat) in enumerate(runs):
         file_status, info = files.get(rid, (None, {}))
         run_jobs = jobs.get(rid, [])
         job = run_jobs[-1] if run_jobs else ""
         tries = attempts.get(job, [])
+        if not tries and job.split("_")[0] in known:  # SLURM knows the array, not this task: cancelled unstarted
+            tries = [{"state": "CANCELLED"}]
         locked = file_status != "completed" and store.is_locked(store.run_dir(out, rid))
         state, reason = reconcile(file_status, locked, tries, info.get("error") or "")
         last = tries[-1] if tries else {}
         config = flat or _decode(info.get("config")) or configs.get(rid, {})
         row = RunState(rid, state, index=i if flat else None, job=job, slurm_state=last.get("state", ""),
-                       attempts=max(0, len(run_jobs) - 1) + max(1, len(tries)) if run_jobs else 0,
+                       attempts=sum(max(1, len(attempts.get(j, []))) for j in run_jobs[:-1]) + max(1, len(tries))
+                       if run_jobs else 0,
                        elapsed_s=last.get("elapsed_s"), time_limit_s=last.get("time_limit_s"),
                        mem_mb=last.get("mem_mb"), node=last.get("node", ""),
                        output=output_file(outputs.get(rid, ""), job), reason=reason, config=config)
