@@ -20,6 +20,7 @@ from typing import Optional
 from runner.cli import add_set_option, command
 from runner.config import ConfigError, RunConfig, flatten, run_id
 from runner.launch.arrays import manifest_plan, plan_lines, plan_submission, record_grid_submission
+from runner.launch.estimate import estimate_lines
 from runner.launch.many import array_ranges, check_indices, pending, run_indices, run_statuses
 from runner.launch.pool import plan_jobs, run_parallel
 from runner.launch.validate import validate_run
@@ -35,6 +36,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--manifest", help="read the runs from a manifest instead of a spec")
     p.add_argument("--write-manifest", metavar="FILE", help="freeze the expanded runs into FILE (JSON)")
     p.add_argument("--list", action="store_true", help="list runs with run_id and status (done/failed/missing)")
+    p.add_argument("--estimate", action="store_true",
+                   help="with --list: expected time per run and total hours, from completed runs in --out")
+    p.add_argument("--gpus-per-run", type=int, default=0, help="with --estimate: GPUs per run, for GPU-hours")
     p.add_argument("--pending", action="store_true", help="print the indices of runs still to do, comma-separated")
     p.add_argument("--array", action="store_true", help="print the sbatch --array value of the pending runs")
     p.add_argument("--max-parallel", type=int, default=0, help="with --array: the %% throttle (0: none)")
@@ -60,7 +64,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.task is not None:
         args.run_index = task_indices(args.manifest, args.task)
     if args.list:
-        return list_runs(runs, out)
+        list_runs(runs, out)
+        if args.estimate:
+            print("\n".join(estimate_lines(runs, pending(runs, out, retry), out, args.gpus_per_run)))
+        return 0
     if args.pending or args.array:
         todo = pending(runs, out, retry)
         throttle = f"%{args.max_parallel}" if args.max_parallel and todo else ""

@@ -4,7 +4,11 @@ import json
 import multiprocessing as mp
 import subprocess
 
+import numpy as np
+
+from runner import grid, store
 from runner import status as status_cmd
+from runner.config import run_id
 from runner.launch import arrays, status
 from runner.store import submissions
 from tests.conftest import PYTHON, ROOT
@@ -90,3 +94,21 @@ def test_timeouts_get_more_time_capped_and_queued_runs_are_left_alone():
     assert groups == [([5], [], ""), ([0], ["--time=02:00:00"], "timed out: --time 02:00:00"),
                       ([1], ["--time=04:00:00"], "timed out: --time 04:00:00"),
                       ([2], ["--mem=8000M"], "out of memory: --mem 8000M")]
+
+
+def test_estimate_uses_the_same_config_with_another_seed(tmp_path, capsys):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: t\nmodel: {width: 8}\ngrid:\n  seed: [0, 1]\n  embedding.dim: [4, 8]\n")
+    out = tmp_path / "res"
+    assert grid.main([str(spec), "--out", str(out), "--list", "--estimate"]) == 0
+    assert "estimate: no basis" in capsys.readouterr().out
+    runs = grid.expand_grid(grid.load_spec(spec))
+    for cfg, wall_s in ((runs[0], 120.0), (runs[1], 600.0)):  # seed 0 of dim 4 and of dim 8
+        rec = store.RunRecord(run_id(cfg), cfg.to_dict(), "completed", attrs={"wall_time_s": wall_s})
+        rec.final = {s: {"embeddings": np.zeros((2, 2), "float32"), "labels": np.arange(2), "index": np.arange(2)}
+                     for s in ("train", "test")}
+        store.write_run(store.run_path(out, run_id(cfg)), rec)
+    assert grid.main([str(spec), "--out", str(out), "--list", "--estimate"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].startswith("estimate: 2 runs to do, ~6.0 min each (2 from completed runs of the same config")
+    assert lines[-1].startswith("estimate: 0.20 run-hours")

@@ -154,7 +154,7 @@ def collect(out: str | Path, runs: Optional[list[tuple[str, dict]]] = None, use_
         locked = file_status != "completed" and store.is_locked(store.run_dir(out, rid))
         state, reason = reconcile(file_status, locked, tries, info.get("error") or "")
         last = tries[-1] if tries else {}
-        config = flat or _decode(info.get("config")) or configs.get(rid, {})
+        config = flat or config_dict(info.get("config")) or configs.get(rid, {})
         row = RunState(rid, state, index=i if flat else None, job=job, slurm_state=last.get("state", ""),
                        attempts=sum(max(1, len(attempts.get(j, []))) for j in run_jobs[:-1]) + max(1, len(tries))
                        if run_jobs else 0,
@@ -167,7 +167,8 @@ def collect(out: str | Path, runs: Optional[list[tuple[str, dict]]] = None, use_
     return rows
 
 
-def _decode(config) -> dict:
+def config_dict(config) -> dict:
+    """A catalog row's config: decoded already, or its JSON text."""
     if isinstance(config, dict):
         return config
     return json.loads(config) if config else {}
