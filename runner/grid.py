@@ -21,7 +21,7 @@ from runner.cli import add_set_option, command
 from runner.config import ConfigError, RunConfig, flatten, run_id
 from runner.launch.arrays import manifest_plan, plan_lines, plan_submission, record_grid_submission
 from runner.launch.estimate import estimate_lines
-from runner.launch.many import array_ranges, check_indices, pending, run_indices, run_statuses
+from runner.launch.many import array_ranges, check_indices, pending, run_indices, run_statuses, varying_keys
 from runner.launch.pool import plan_jobs, run_parallel
 from runner.launch.validate import validate_run
 from runner.spec import expand_grid, load_spec, read_manifest, write_manifest
@@ -162,13 +162,6 @@ def list_runs(runs: list[RunConfig], out: str) -> int:
 def describe(cfg: RunConfig, keys: list[str]) -> str:
     flat = flatten(cfg.to_dict())
     return " ".join(f"{k}={flat.get(k)}" for k in keys)
-
-
-def varying_keys(runs: list[RunConfig]) -> list[str]:
-    """Config keys whose value differs between runs (what a listing should show)."""
-    flats = [flatten(r.to_dict()) for r in runs]
-    keys = list(flats[0]) if flats else []
-    return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
 
 
 if __name__ == "__main__":

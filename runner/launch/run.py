@@ -53,6 +53,8 @@ class Run:
     attrs: dict = field(default_factory=dict)
     """Provenance known at start (seed, versions, hosts...): carried into every run.h5 it writes."""
     splits: Optional[Splits] = None
+    hparam_keys: tuple = ()
+    """The config keys its grid varies: first in TensorBoard's HParams table."""
 
     @property
     def path(self) -> Path:
@@ -64,7 +66,8 @@ class Run:
 
 def run_one(cfg: RunConfig, out: str | Path, env: Optional[dist.DistEnv] = None, *,
             progress: Optional[bool] = None, stop_after_epochs: Optional[int] = None,
-            on_epoch: Optional[OnEpoch] = None, retry_failed: bool = True, record_stopped: bool = False) -> dict:
+            on_epoch: Optional[OnEpoch] = None, retry_failed: bool = True, record_stopped: bool = False,
+            hparam_keys: tuple = ()) -> dict:
     """Train (or resume, or skip) one run and write its run.h5. Returns a summary dict.
 
     on_epoch may return True to end the run as `stopped` (run.h5 written, stopped_epoch set).
@@ -73,7 +76,7 @@ def run_one(cfg: RunConfig, out: str | Path, env: Optional[dist.DistEnv] = None,
     Raises store.RunLocked when another process trains the same run_id in `out`.
     """
     env = env or dist.from_environ()
-    run = Run(cfg, run_id(cfg), store.run_dir(out, run_id(cfg)), env)
+    run = Run(cfg, run_id(cfg), store.run_dir(out, run_id(cfg)), env, hparam_keys=tuple(hparam_keys))
     if _is_done(run, retry_failed):
         return run.summary(store.run_status(run.path), skipped=True)
     if env.is_main:
@@ -199,7 +202,7 @@ def finish(run: Run, state: engine.TrainState, parts: Parts, logger: Optional[TB
     if run.env.is_main:
         rec = record(run, "completed", state, status_reason="", metrics=metrics, train_time_s=state.elapsed_s,
                      wall_time_s=wall_s, samples_per_s=samples_per_s, epochs_run=state.epoch, end_time=_now())
-        logger.log_hparams(run.cfg.to_dict(), metrics, run_name="hparams")
+        logger.log_hparams(run.cfg.to_dict(), metrics, run_name="hparams", first=run.hparam_keys)
         logger.log_projector(rec.final["test"]["embeddings"], rec.final["test"]["labels"],
                              run.splits.test.class_names, run.splits.test.images, run.cfg.seed)
         # model.pt first: run.h5 saying `completed` is the marker that the run is done, so it comes last
