@@ -3,7 +3,10 @@
 The spec's sections are described in runner.spec.expand (and jobs/exercise.yaml).
 Every expanded run is resolved and validated before anything is submitted.
 Launchers (slurm/grid.sh, runner.submit) freeze the expansion into a manifest
-(--write-manifest FILE): array task i then runs `--manifest FILE --run-index i`.
+(--write-manifest FILE); slurm/grid.sh adds --plan-arrays (tasks of --runs-per-task
+runs, arrays of at most MaxArraySize tasks, longer limits for runs that timed out:
+runner.launch.arrays) and array task t of the array at offset o runs `--manifest FILE
+--task o+t`; --record-submission appends what sbatch queued to RESULTS/submissions.jsonl.
 """
 
 from __future__ import annotations
@@ -11,11 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Optional
 
 from runner.cli import add_set_option, command
 from runner.config import ConfigError, RunConfig, flatten, run_id
-from runner.launch.many import array_ranges, check_indices, pending, run_indices, run_statuses
+from runner.launch.arrays import manifest_plan, plan_lines, plan_submission, record_grid_submission
+from runner.launch.estimate import estimate_lines
+from runner.launch.many import array_ranges, check_indices, pending, run_indices, run_statuses, varying_keys
 from runner.launch.pool import plan_jobs, run_parallel
 from runner.launch.validate import validate_run
 from runner.spec import expand_grid, load_spec, read_manifest, write_manifest
@@ -30,6 +36,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--manifest", help="read the runs from a manifest instead of a spec")
     p.add_argument("--write-manifest", metavar="FILE", help="freeze the expanded runs into FILE (JSON)")
     p.add_argument("--list", action="store_true", help="list runs with run_id and status (done/failed/missing)")
+    p.add_argument("--estimate", action="store_true",
+                   help="with --list: expected time per run and total hours, from completed runs in --out")
+    p.add_argument("--gpus-per-run", type=int, default=0, help="with --estimate: GPUs per run, for GPU-hours")
     p.add_argument("--pending", action="store_true", help="print the indices of runs still to do, comma-separated")
     p.add_argument("--array", action="store_true", help="print the sbatch --array value of the pending runs")
     p.add_argument("--max-parallel", type=int, default=0, help="with --array: the %% throttle (0: none)")
@@ -40,14 +49,25 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="with --run/--run-index: N runs at once here (auto: CPUs / threads per run)")
     p.add_argument("--threads-per-run", type=int, default=None,
                    help="with --jobs: torch threads of each run (default: train.num_threads, else CPUs / N)")
+    add_array_options(p)
     args = p.parse_args(argv)
+    if args.record_submission:
+        record_grid_submission(args.manifest, args.record_submission, args.command, args.kind)
+        return 0
     if args.jobs != "auto" and not (args.jobs.isdigit() and int(args.jobs) >= 1):
         raise ConfigError("--jobs", args.jobs, "a positive integer or auto")
     runs, out, retry = load_runs(args)
+    if args.plan_arrays:
+        return plan(args, runs, out, retry)
     if args.write_manifest:
         write_manifest(args.write_manifest, runs, out, retry, source=args.spec or args.manifest)
+    if args.task is not None:
+        args.run_index = task_indices(args.manifest, args.task)
     if args.list:
-        return list_runs(runs, out)
+        list_runs(runs, out)
+        if args.estimate:
+            print("\n".join(estimate_lines(runs, pending(runs, out, retry), out, args.gpus_per_run)))
+        return 0
     if args.pending or args.array:
         todo = pending(runs, out, retry)
         throttle = f"%{args.max_parallel}" if args.max_parallel and todo else ""
@@ -67,6 +87,51 @@ def main(argv: Optional[list[str]] = None) -> int:
         if workers > 1:
             return run_parallel(runs, indices, out, retry, workers, threads)
     return run_indices(runs, indices, out, retry)
+
+
+def add_array_options(p: argparse.ArgumentParser) -> None:
+    """The options slurm/grid.sh passes: plan the arrays, run one task of them, record the submission."""
+    p.add_argument("--plan-arrays", action="store_true",
+                   help="with --write-manifest: freeze tasks and arrays, print `OFFSET ARRAY [SBATCH ARGS]` per array")
+    p.add_argument("--runs-per-task", type=int, default=1, help="runs one array task trains one after another")
+    p.add_argument("--max-array-size", type=int, default=0, help="tasks per array (0: MaxArraySize of scontrol)")
+    p.add_argument("--time-factor", type=float, default=2.0, help="time limit x this for runs that timed out")
+    p.add_argument("--mem-factor", type=float, default=2.0, help="memory x this for runs out of memory")
+    p.add_argument("--max-attempts", type=int, default=5, help="submissions of one run at most (0: no limit)")
+    p.add_argument("--partition", default=None, help="whose MaxTime caps a longer time limit (default partition)")
+    p.add_argument("--task", type=int, help="with --manifest: run the runs of this task of --plan-arrays")
+    p.add_argument("--record-submission", nargs="+", metavar="JOB[:OFFSET]",
+                   help="with --manifest: record these submitted arrays (sbatch job id : array offset)")
+    p.add_argument("--command", default="", help="with --record-submission: the command line to record")
+    p.add_argument("--kind", default="grid.sh", help="with --record-submission: who submitted")
+
+
+def plan(args: argparse.Namespace, runs: list[RunConfig], out: str, retry: bool) -> int:
+    """--plan-arrays: the manifest with its tasks and arrays, and one line per array for grid.sh."""
+    if not args.write_manifest:
+        raise ConfigError("--plan-arrays", True, "with --write-manifest FILE")
+    if args.runs_per_task < 1:
+        raise ConfigError("--runs-per-task", args.runs_per_task, "a positive integer")
+    tasks, arrays = plan_submission(runs, out, pending(runs, out, retry), runs_per_task=args.runs_per_task,
+                                    max_array_size=args.max_array_size, max_parallel=args.max_parallel,
+                                    time_factor=args.time_factor, mem_factor=args.mem_factor,
+                                    max_attempts=args.max_attempts, partition=args.partition)
+    write_manifest(args.write_manifest, runs, out, retry, source=args.spec or args.manifest,
+                   extra=manifest_plan(tasks, arrays))
+    if arrays:
+        print(plan_lines(arrays))
+    return 0
+
+
+def task_indices(manifest: Optional[str], task: int) -> list[int]:
+    """The run indices of task `task` of a manifest's plan (a manifest without plan: task i = run i)."""
+    if not manifest:
+        raise ConfigError("--task", task, "with --manifest FILE")
+    data = json.loads(Path(manifest).read_text())  # load_runs checked it; only the plan is read here
+    tasks = data.get("tasks") or [[i] for i in range(len(data["runs"]))]
+    if not 0 <= task < len(tasks):
+        raise ConfigError("--task", task, f"a task in 0..{len(tasks) - 1}")
+    return tasks[task]
 
 
 def load_runs(args: argparse.Namespace) -> tuple[list[RunConfig], str, bool]:
@@ -97,13 +162,6 @@ def list_runs(runs: list[RunConfig], out: str) -> int:
 def describe(cfg: RunConfig, keys: list[str]) -> str:
     flat = flatten(cfg.to_dict())
     return " ".join(f"{k}={flat.get(k)}" for k in keys)
-
-
-def varying_keys(runs: list[RunConfig]) -> list[str]:
-    """Config keys whose value differs between runs (what a listing should show)."""
-    flats = [flatten(r.to_dict()) for r in runs]
-    keys = list(flats[0]) if flats else []
-    return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flats}) > 1]
 
 
 if __name__ == "__main__":

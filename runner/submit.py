@@ -9,14 +9,19 @@ the same runs as processes here (--max-parallel lanes, each running its runs in 
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 import sys
 import time
 from pathlib import Path
 from typing import Optional
 
 from runner.cli import add_set_option, command
+from runner.config import from_dict, run_id
+from runner.launch import slurm_jobs
 from runner.launch.many import pending
-from runner.launch.submitit_jobs import make_executor, submit_runs, tasks_per_run
+from runner.launch.revision import submission_provenance
+from runner.launch.submitit_jobs import make_executor, run_groups, submit_runs, tasks_per_run
+from runner.store import submissions
 from runner.launch.validate import validate_run
 from runner.spec import expand_grid, load_spec
 
@@ -41,6 +46,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--signal-delay-s", type=int, default=90, help="USR2 this long before the time limit")
     p.add_argument("--setup", action="append", default=[], help="shell line run before each task (module load ...)")
     p.add_argument("--name", default="dml-grid")
+    p.add_argument("--runs-per-task", type=int, default=1, help="runs one array task trains one after another")
+    p.add_argument("--max-array-size", type=int, default=0,
+                   help="tasks per array (0: MaxArraySize of scontrol show config)")
     p.add_argument("--retry-failed", action="store_true", help="also rerun runs recorded as failed")
     p.add_argument("--wait", action="store_true", help="wait for the jobs and print each run's status")
     args = p.parse_args(argv)
@@ -61,8 +69,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     executor = make_executor(args)
     t0 = time.perf_counter()
-    jobs = submit_runs(executor, [runs[i].to_dict() for i in todo], args.out, args.retry_failed,
-                       args.max_parallel)
+    groups = run_groups([runs[i].to_dict() for i in todo], executor.cluster, args.max_parallel,
+                        max(1, args.runs_per_task))
+    max_size = args.max_array_size or (slurm_jobs.max_array_size() if executor.cluster == "slurm" else 0) or 0
+    jobs = submit_runs(executor, groups, args.out, args.retry_failed, max_size)
+    record(args, jobs, groups, executor.cluster)
     print(f"submitted {len(todo)} of {len(runs)} runs as {len(jobs)} {executor.cluster} job(s): "
           f"{jobs[0].job_id.split('_')[0]}  (logs: {Path(args.out).resolve() / 'submitit'})", flush=True)
     if not args.wait:
@@ -77,6 +88,19 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"{statuses.count('completed')} completed, {len(statuses) - statuses.count('completed')} other "
           f"({', '.join(sorted(set(statuses)))}) in {time.perf_counter() - t0:.0f} s")
     return 0 if all(s in ("completed", "locked") for s in statuses) else 1
+
+
+def record(args: argparse.Namespace, jobs: list, groups: list[list[dict]], cluster: str) -> None:
+    """One line in OUT/submissions.jsonl: the jobs and which runs each trains (runner.status reads it)."""
+    out = Path(args.out).resolve()
+    runs = [[run_id(from_dict(c)), job.job_id] for job, group in zip(jobs, groups) for c in group]
+    arrays = Counter(job.job_id.split("_")[0] for job in jobs)  # job id -> its tasks, in submission order
+    submissions.append_submission(out, {
+        "kind": "runner.submit", "cluster": cluster, "command": " ".join(sys.argv), "out": str(out),
+        "jobs": [{"job_id": a, "tasks": n} for a, n in arrays.items()],
+        "array_ranges": [f"0-{n - 1}%{args.max_parallel}" for n in arrays.values()],
+        "limits": {"timeout_min": args.timeout_min, "mem_gb": args.mem_gb},
+        "output": str(out / "submitit" / "%j" / "%j_0_log.out"), **submission_provenance(out), "runs": runs})
 
 
 if __name__ == "__main__":

@@ -5,9 +5,14 @@
 #   bash   slurm/grid.sh SPEC ...     # same, but checks on the login node: queues nothing when all is done
 #
 # Array mode (default): this job (or the bash call) validates every run, freezes the
-# runs into DIR/manifests/<stamp>.json and submits itself as a job array of exactly the
-# pending indices, throttled to GRID_MAX_PARALLEL; each array task runs one run with
-# `srun python -m runner.grid --manifest M --run-index $SLURM_ARRAY_TASK_ID`.
+# runs into DIR/manifests/<stamp>.json and submits itself as job arrays of exactly the
+# pending runs, throttled to GRID_MAX_PARALLEL each: tasks of GRID_RUNS_PER_TASK runs, at
+# most MaxArraySize (scontrol show config, or GRID_MAX_ARRAY_SIZE) tasks per array; task t
+# of the array at offset o runs `srun python -m runner.grid --manifest M --task o+t`.
+# Runs already queued or running are left alone; runs whose last job ended in TIMEOUT go
+# in arrays of their own with that time limit x GRID_TIME_FACTOR (capped by the partition's
+# MaxTime), OUT_OF_MEMORY with memory x GRID_MEM_FACTOR. Every submission appends one line
+# to DIR/submissions.jsonl (python -m runner.status DIR reads it).
 # Nothing pending: prints "nothing to do" and submits nothing.
 #
 # Packed mode: GRID_MODE=packed sbatch -n 8 slurm/grid.sh SPEC ...
@@ -17,7 +22,12 @@
 # Environment knobs (export them, or pass sbatch --export=ALL,NAME=value):
 #   PYTHON                python with the runner installed (default: python; e.g. .venv/bin/python)
 #   GRID_MODE             array (default) or packed
-#   GRID_MAX_PARALLEL     array throttle, the %N of --array (default 16)
+#   GRID_MAX_PARALLEL     array throttle, the %N of --array (default 16), per array
+#   GRID_RUNS_PER_TASK    runs one array task trains one after another (default 1; e.g. 10 for 2-minute runs)
+#   GRID_MAX_ARRAY_SIZE   tasks per array (default: the cluster's MaxArraySize)
+#   GRID_TIME_FACTOR      time limit multiplier for runs that timed out (default 2)
+#   GRID_MEM_FACTOR       memory multiplier for runs out of memory (default 2)
+#   GRID_MAX_ATTEMPTS     submissions of one run at most (default 5)
 #   GRID_TASKS_PER_RUN    tasks (= GPUs) per run; each task is one DDP rank (default 1)
 #   GRID_NODES_PER_RUN    nodes per run (default 1); GRID_TASKS_PER_RUN ranks spread over them,
 #                         e.g. GRID_NODES_PER_RUN=2 GRID_TASKS_PER_RUN=8 for 2 nodes x 4 GPUs
@@ -58,11 +68,12 @@ on_usr2() {
 }
 
 if [[ -n "${GRID_MANIFEST:-}" && -n "${SLURM_ARRAY_TASK_ID:-}" ]]; then
-  # an array task: one run, with as many ranks (srun tasks) as this task's allocation has
-  echo "array task ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} on $(hostname), restart ${SLURM_RESTART_COUNT:-0}"
+  # an array task: its runs one after another, each with as many ranks (srun tasks) as this allocation has
+  TASK=$(( ${GRID_TASK_OFFSET:-0} + SLURM_ARRAY_TASK_ID ))
+  echo "array task ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} (task $TASK of $GRID_MANIFEST) on $(hostname)," \
+       "restart ${SLURM_RESTART_COUNT:-0}"
   requeue_on_usr2 "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
-  srun --kill-on-bad-exit=1 "$PY" -u -m runner.grid --manifest "$GRID_MANIFEST" \
-    --run-index "$SLURM_ARRAY_TASK_ID" &
+  srun --kill-on-bad-exit=1 "$PY" -u -m runner.grid --manifest "$GRID_MANIFEST" --task "$TASK" &
   STEP=$!
   until wait "$STEP"; do   # wait returns early (>128) when a trapped signal arrives
     rc=$?
@@ -87,11 +98,17 @@ mkdir -p "$OUT/manifests" "$OUT/logs"
 OUT=$(cd "$OUT" && pwd)
 STAMP=$(date +%Y%m%d-%H%M%S)-${SLURM_JOB_ID:-$$}
 MANIFEST=$OUT/manifests/$STAMP.json
-PENDING_ARGS=(--array)
+PENDING_ARGS=(--plan-arrays --runs-per-task "${GRID_RUNS_PER_TASK:-1}" --max-array-size "${GRID_MAX_ARRAY_SIZE:-0}"
+              --time-factor "${GRID_TIME_FACTOR:-2}" --mem-factor "${GRID_MEM_FACTOR:-2}"
+              --max-attempts "${GRID_MAX_ATTEMPTS:-5}")
+for arg in ${GRID_SBATCH_ARGS:-}; do   # the partition whose MaxTime caps a longer --time
+  [[ $arg == --partition=* ]] && PENDING_ARGS+=(--partition "${arg#--partition=}")
+done
 [[ $MODE == packed ]] && PENDING_ARGS=(--pending)
 # validates every run first (exit 2 and a one-line reason: nothing is queued), then freezes them
 TODO=$("$PY" -m runner.grid "${ARGS[@]}" --write-manifest "$MANIFEST" "${PENDING_ARGS[@]}" \
        --max-parallel "${GRID_MAX_PARALLEL:-16}")
+COMMAND="slurm/grid.sh $*"
 if [[ -z "$TODO" ]]; then
   echo "nothing to do: every run of $1 is done in $OUT (see python -m runner.grid $1 --list)"
   rm -f "$MANIFEST"
@@ -110,10 +127,23 @@ if [[ $MODE == array ]]; then
   GPU_ARGS=()
   [[ ${GRID_GPUS_PER_TASK:-0} -gt 0 ]] && GPU_ARGS=(--gpus-per-task="$GRID_GPUS_PER_TASK")
   read -r -a EXTRA <<< "${GRID_SBATCH_ARGS:-}"
-  sbatch --parsable --array="$TODO" --nodes="$NPR" --ntasks="$TPR" "${GPU_ARGS[@]}" "${EXTRA[@]}" \
-    --job-name="dml-$(basename "$1" .yaml)" --output="$OUT/logs/%A_%a.out" \
-    --export=ALL,GRID_MANIFEST="$MANIFEST",PYTHON="$PY" "$SELF" \
-    | { read -r JOB; echo "submitted array job $JOB --array=$TODO ($MANIFEST)"; }
+  SUBMITTED=()
+  record() { "$PY" -m runner.grid --manifest "$MANIFEST" --record-submission "${SUBMITTED[@]}" --command "$COMMAND"; }
+  # one line per array: OFFSET ARRAY [SBATCH ARGS...] (a longer --time for runs that timed out)
+  while read -r OFFSET RANGE MORE; do
+    read -r -a MORE_ARGS <<< "$MORE"
+    if ! JOB=$(sbatch --parsable --array="$RANGE" --nodes="$NPR" --ntasks="$TPR" "${GPU_ARGS[@]}" "${EXTRA[@]}" \
+               "${MORE_ARGS[@]}" --job-name="dml-$(basename "$1" .yaml)" --output="$OUT/logs/%A_%a.out" \
+               --export=ALL,GRID_MANIFEST="$MANIFEST",GRID_TASK_OFFSET="$OFFSET",PYTHON="$PY" "$SELF"); then
+      (( ${#SUBMITTED[@]} )) && record   # what was queued before the refusal is still recorded
+      echo "sbatch refused the array at offset $OFFSET; ${#SUBMITTED[@]} array(s) were submitted" >&2
+      exit 1
+    fi
+    JOB=${JOB%%;*}
+    SUBMITTED+=("$JOB:$OFFSET")
+    echo "submitted array job $JOB --array=$RANGE ${MORE_ARGS[*]} ($MANIFEST)"
+  done <<< "$TODO"
+  record
   exit 0
 fi
 
@@ -132,6 +162,7 @@ SLOTS=$(( ${SLURM_NTASKS:-1} / TPR ))
 (( SLOTS >= 1 )) || { echo "allocation has ${SLURM_NTASKS:-1} tasks, a run needs $TPR" >&2; exit 2; }
 requeue_on_usr2 "$SLURM_JOB_ID"   # the requeued job writes a new manifest and resumes what is left
 IFS=, read -r -a INDICES <<< "$TODO"
+"$PY" -m runner.grid --manifest "$MANIFEST" --record-submission "$SLURM_JOB_ID=$TODO" --command "$COMMAND" --kind packed
 echo "packed: ${#INDICES[@]} runs, $SLOTS at a time, $TPR task(s) each ($MANIFEST)"
 FAILED=0
 running=0

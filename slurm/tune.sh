@@ -29,6 +29,9 @@ done
 
 : "${SLURM_JOB_ID:?run this with sbatch (or pass --address HOST:PORT)}"
 mkdir -p "$OUT/tune"
+# one line in $OUT/submissions.jsonl: this job, the command, git rev and diff (runner.status reads it)
+"$PY" -m runner.status "$OUT" --record-job "$SLURM_JOB_ID" --command "slurm/tune.sh $*" \
+  || echo "warning: the submission record could not be written" >&2
 TOKEN="$OUT/tune/.ray_auth_token"
 (umask 077 && "$PY" -c "import secrets; print(secrets.token_hex(32))" > "$TOKEN")
 export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$(realpath "$TOKEN")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from runner import grid, store
+from runner.store import submissions
 from runner.config import run_id
 from runner.launch.run import run_one
 from runner.store import RunLocked, run_lock
@@ -95,12 +96,16 @@ def test_grid_sh_array_submits_exactly_the_pending_indices(tmp_path, subprocess_
                        cwd=tmp_path, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     args = calls.read_text().splitlines()
-    assert "--array=0,2-3%3" in args and "--ntasks=1" in args and args[-1] == str(ROOT / "slurm/grid.sh")
+    # pending runs 0, 2, 3 are tasks 0-2 of one array (task ids stay below MaxArraySize)
+    assert "--array=0-2%3" in args and "--ntasks=1" in args and args[-1] == str(ROOT / "slurm/grid.sh")
     assert f"--output={out}/logs/%A_%a.out" in args
     manifest = next(a for a in args if a.startswith("--export=")).split("GRID_MANIFEST=")[1].split(",")[0]
     frozen, data = grid.read_manifest(manifest)
     assert [run_id(r) for r in frozen] == [run_id(r) for r in runs] and data["out"] == str(out)
+    assert data["tasks"] == [[0], [2], [3]] and "GRID_TASK_OFFSET=0" in next(a for a in args if a.startswith("--export="))
     assert "submitted array job 4242" in p.stdout
+    (record,) = submissions.read_submissions(out)
+    assert record["runs"] == [[run_id(runs[i]), f"4242_{t}"] for t, i in enumerate((0, 2, 3))]
 
 
 def fake_done(out, cfg, status: str = "completed"):

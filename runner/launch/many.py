@@ -7,12 +7,13 @@ another process holds (store.RunLocked) is handled the same way everywhere.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
 from runner import dist, store
-from runner.config import ConfigError, RunConfig, run_id
+from runner.config import ConfigError, RunConfig, flatten, run_id
 from runner.launch.run import format_result, run_one
 
 LOCKED = "locked"
@@ -52,12 +53,20 @@ def run_indices(runs: list[RunConfig], indices: list[int], out: str | Path, retr
     env = dist.from_environ()  # an srun step with several tasks: every rank runs the same runs
     check_indices(indices, len(runs))
     failures = 0
-    results = run_each((runs[i] for i in indices), out, env, retry_failed=retry_failed)
+    results = run_each((runs[i] for i in indices), out, env, retry_failed=retry_failed,
+                       hparam_keys=tuple(varying_keys(runs)))
     for i, result in zip(indices, results):
         failures += result["status"] == "failed"
         if env.is_main:
             print(f"[{i}] " + format_result(result), flush=True)
     return 1 if failures else 0
+
+
+def varying_keys(runs: list[RunConfig]) -> list[str]:
+    """Config keys whose value differs between runs (what a listing or an HParams table shows first)."""
+    flats = [flatten(r.to_dict()) for r in runs]
+    keys = list(flats[0]) if flats else []
+    return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flats}) > 1]
 
 
 def check_indices(indices: list[int], n_runs: int) -> None:

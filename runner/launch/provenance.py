@@ -1,14 +1,12 @@
-"""Where a result came from: package versions, git revision, host."""
+"""Where a result came from: package versions, git revision (runner.launch.revision), host."""
 
 from __future__ import annotations
 
-import functools
 import platform
-import subprocess
 from importlib import metadata
-from pathlib import Path
 
 from runner import dist
+from runner.launch.revision import git_rev
 
 PACKAGES = ("torch", "torchvision", "pytorch-metric-learning", "numpy", "h5py", "scikit-learn", "dmlrunner")
 
@@ -21,20 +19,6 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-@functools.lru_cache(maxsize=1)
-def git_rev() -> str:
-    """HEAD of the checkout this package runs from, with '+dirty' for local changes."""
-    here = Path(__file__).resolve().parent
-    try:
-        rev = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (rev + ("+dirty" if dirty else "")) if rev else "unknown"
 
 
 def provenance(env: dist.DistEnv) -> dict:

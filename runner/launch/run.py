@@ -56,6 +56,8 @@ class Run:
     splits: Optional[Splits] = None
     protocol: Optional[Protocol] = None
     """Which split is scored against which (runner.training.protocols), decided once the data is split."""
+    hparam_keys: tuple = ()
+    """The config keys its grid varies: first in TensorBoard's HParams table."""
 
     @property
     def path(self) -> Path:
@@ -67,7 +69,8 @@ class Run:
 
 def run_one(cfg: RunConfig, out: str | Path, env: Optional[dist.DistEnv] = None, *,
             progress: Optional[bool] = None, stop_after_epochs: Optional[int] = None,
-            on_epoch: Optional[OnEpoch] = None, retry_failed: bool = True, record_stopped: bool = False) -> dict:
+            on_epoch: Optional[OnEpoch] = None, retry_failed: bool = True, record_stopped: bool = False,
+            hparam_keys: tuple = ()) -> dict:
     """Train (or resume, or skip) one run and write its run.h5. Returns a summary dict.
 
     on_epoch may return True to end the run as `stopped` (run.h5 written, stopped_epoch set).
@@ -76,7 +79,7 @@ def run_one(cfg: RunConfig, out: str | Path, env: Optional[dist.DistEnv] = None,
     Raises store.RunLocked when another process trains the same run_id in `out`.
     """
     env = env or dist.from_environ()
-    run = Run(cfg, run_id(cfg), store.run_dir(out, run_id(cfg)), env)
+    run = Run(cfg, run_id(cfg), store.run_dir(out, run_id(cfg)), env, hparam_keys=tuple(hparam_keys))
     if _is_done(run, retry_failed):
         return run.summary(store.run_status(run.path), skipped=True)
     if env.is_main:
@@ -204,7 +207,7 @@ def finish(run: Run, state: engine.TrainState, parts: Parts, logger: Optional[TB
     if run.env.is_main:
         rec = record(run, "completed", state, status_reason="", metrics=metrics, train_time_s=state.elapsed_s,
                      wall_time_s=wall_s, samples_per_s=samples_per_s, epochs_run=state.epoch, end_time=_now())
-        logger.log_hparams(run.cfg.to_dict(), metrics, run_name="hparams")
+        logger.log_hparams(run.cfg.to_dict(), metrics, run_name="hparams", first=run.hparam_keys)
         logger.log_projector(rec.final["test"]["embeddings"], rec.final["test"]["labels"],
                              run.splits.test.class_names, run.splits.test.images, run.cfg.seed)
         # model.pt first: run.h5 saying `completed` is the marker that the run is done, so it comes last
@@ -212,6 +215,7 @@ def finish(run: Run, state: engine.TrainState, parts: Parts, logger: Optional[TB
             torch.save({"run_id": run.run_id, "model": unwrap(parts.model).state_dict()}, tmp)
         store.write_run(run.path, rec)
         (run.dir / "checkpoint.pt").unlink(missing_ok=True)
+        store.index_run(run.path)
     return run.summary("completed", metrics=metrics, train_time_s=state.elapsed_s, samples_per_s=samples_per_s)
 
 
@@ -224,6 +228,7 @@ def fail(run: Run, state: engine.TrainState, exc: Exception) -> dict:
             extra.update(failed_epoch=exc.epoch, failed_step=exc.step)
         try:
             store.write_run(run.path, record(run, "failed", state, **extra))
+            store.index_run(run.path)
         except OSError as write_exc:  # a full or vanished disk: report both reasons, leave no run.h5
             error += f" (and run.h5 could not be written: {type(write_exc).__name__}: {write_exc})"
     return run.summary("failed", error=error)

@@ -65,13 +65,22 @@ def make_executor(args: argparse.Namespace) -> submitit.Executor:
     return executor
 
 
-def submit_runs(executor: submitit.Executor, configs: list[dict], out: str, retry_failed: bool,
-                lanes: int) -> list:
-    """One job per run (a SLURM array), or `lanes` jobs of several runs each on the local executor."""
+def run_groups(configs: list[dict], cluster: str, lanes: int, runs_per_task: int = 1) -> list[list[dict]]:
+    """The runs of each job: runs_per_task per array task on SLURM; `lanes` jobs on the local executor."""
+    if cluster == "slurm":
+        return [configs[k:k + runs_per_task] for k in range(0, len(configs), runs_per_task)]
+    # the local executor starts every job at once: bound it by running lanes in sequence
+    return [configs[i::lanes] for i in range(min(lanes, len(configs)))]
+
+
+def submit_runs(executor: submitit.Executor, groups: list[list[dict]], out: str, retry_failed: bool,
+                max_array_size: int = 0) -> list:
+    """One job per group; on SLURM arrays of at most max_array_size tasks (0: one array)."""
     out = str(Path(out).resolve())
-    if executor.cluster == "slurm":
-        groups = [[c] for c in configs]
-    else:  # the local executor starts every job at once: bound it by running lanes in sequence
-        groups = [configs[i::lanes] for i in range(min(lanes, len(configs)))]
+    size = max_array_size or len(groups)
+    jobs = []
     with submitit.helpers.clean_env():  # from inside a SLURM job, don't leak its SLURM_* variables
-        return executor.map_array(GridTask(), groups, [out] * len(groups), [retry_failed] * len(groups))
+        for start in range(0, len(groups), size):
+            chunk = groups[start:start + size]
+            jobs += executor.map_array(GridTask(), chunk, [out] * len(chunk), [retry_failed] * len(chunk))
+    return jobs

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -49,10 +50,15 @@ class TBLogger:
                 self.writer.add_scalar(f"epoch/{key}", value, row["epoch"])
         self.writer.flush()
 
-    def log_hparams(self, config: dict, metrics: dict, run_name: str) -> None:
-        """One HParams entry per run, so TensorBoard compares a whole grid in one table."""
-        hp = hparams(config)
-        hp.pop("data.root", None)
+    def log_hparams(self, config: dict, metrics: dict, run_name: str, first: Sequence[str] = ()) -> None:
+        """One HParams entry per run, so TensorBoard compares a whole grid in one table.
+
+        first: the keys the grid varies; the table's columns follow the entry's order, so
+        they come first and the constants (data.augment, data.hflip...) after them.
+        """
+        flat = hparams(config)
+        flat.pop("data.root", None)
+        hp = {**{k: flat[k] for k in first if k in flat}, **{k: v for k, v in flat.items() if k not in first}}
         metric_dict = {f"hparam/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         self.writer.add_hparams(hp, metric_dict, run_name=run_name)
 

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 from runner.config import ConfigError, RunConfig, from_dict, run_id
 from runner.store import atomic_write
 
 
 def write_manifest(path: str | Path, runs: list[RunConfig], out: str | Path, retry_failed: bool,
-                   source: str = "") -> Path:
-    """Freeze the expanded runs (resolved configs) and the results directory into a JSON file."""
+                   source: str = "", extra: Optional[dict] = None) -> Path:
+    """Freeze the expanded runs (resolved configs) and the results directory into a JSON file.
+
+    extra: more top-level keys (slurm/grid.sh's `tasks` and `arrays`: runner.launch.arrays).
+    """
     data = {"source": source, "out": str(Path(out).resolve()), "retry_failed": retry_failed,
-            "runs": [{"run_id": run_id(cfg), "config": cfg.to_dict()} for cfg in runs]}
+            "runs": [{"run_id": run_id(cfg), "config": cfg.to_dict()} for cfg in runs], **(extra or {})}
     return atomic_write(path, json.dumps(data, indent=1))
 
 

@@ -1,0 +1,129 @@
+"""RESULTS/index.sqlite: one row per finished run, so a status or a table never opens 10,000 run.h5.
+
+run.h5 stays the record; the catalog is an index of its root attributes, upserted
+when a run finishes (runner.launch.run) and rebuilt from the run.h5 files when missing
+(`python -m runner.status RESULTS --reindex`). A row remembers the mtime of the run.h5
+it was read from, so a reader can tell a stale row (the file was rewritten) and read
+the file instead. WAL mode and a long busy timeout make many concurrent writers safe
+(each upsert is one short transaction); sqlite3 is the standard library's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Optional
+
+from runner.config import flatten
+from runner.store.run_file import CorruptRun, read_attrs
+
+CATALOG = "index.sqlite"
+COLUMNS = ("run_id", "status", "config", "metrics", "start_time", "end_time", "train_time_s", "wall_time_s",
+           "host", "git_rev", "error", "epochs_run", "h5_mtime")
+SCHEMA = """CREATE TABLE IF NOT EXISTS runs (
+  run_id TEXT PRIMARY KEY, status TEXT, config TEXT, metrics TEXT, start_time TEXT, end_time TEXT,
+  train_time_s REAL, wall_time_s REAL, host TEXT, git_rev TEXT, error TEXT, epochs_run INTEGER, h5_mtime REAL)"""
+LOGGER = logging.getLogger("dmlrunner")
+
+
+def catalog_path(out: str | Path) -> Path:
+    return Path(out) / CATALOG
+
+
+def connect(out: str | Path) -> sqlite3.Connection:
+    """The catalog of `out`, created when missing; WAL, and writers wait up to 60 s for each other."""
+    con = sqlite3.connect(catalog_path(out), timeout=60, isolation_level=None)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses at most the last commits, never corrupts
+    con.execute(SCHEMA)
+    return con
+
+
+def row_from_attrs(attrs: dict, h5_mtime: float) -> tuple:
+    """A catalog row of a run.h5's root attributes (config flattened, metrics as JSON)."""
+    config = attrs.get("config") or {}
+    return (attrs.get("run_id"), attrs.get("status"), json.dumps(flatten(config), sort_keys=True),
+            json.dumps(attrs.get("metrics") or {}, sort_keys=True), attrs.get("start_time"), attrs.get("end_time"),
+            attrs.get("train_time_s"), attrs.get("wall_time_s"), attrs.get("host"), attrs.get("git_rev"),
+            attrs.get("error"), attrs.get("epochs_run"), h5_mtime)
+
+
+def _upsert(con: sqlite3.Connection, rows: list[tuple]) -> None:
+    marks = ",".join("?" * len(COLUMNS))
+    con.executemany(f"INSERT OR REPLACE INTO runs ({','.join(COLUMNS)}) VALUES ({marks})", rows)
+
+
+def index_run(path: str | Path) -> None:
+    """Upsert the run.h5 at `path` (OUT/runs/<run_id>/run.h5) into OUT's catalog; never raises.
+
+    The run's result is its run.h5: a catalog that cannot be written (locked too long,
+    read-only) is logged and left to `--reindex`, it does not fail the run.
+    """
+    path = Path(path)
+    out = path.parent.parent.parent
+    try:
+        row = row_from_attrs(read_attrs(path), path.stat().st_mtime)
+        con = connect(out)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            _upsert(con, [row])
+            con.execute("COMMIT")
+        finally:
+            con.close()
+    except (sqlite3.Error, OSError, CorruptRun) as exc:
+        LOGGER.warning("catalog %s not updated for %s: %s (python -m runner.status %s --reindex)",
+                       catalog_path(out), path.parent.name, exc, out)
+
+
+def upsert_rows(out: str | Path, rows: list[tuple]) -> None:
+    """Upsert rows (row_from_attrs) in one transaction; a catalog that cannot be written is left as it is."""
+    if not rows:
+        return
+    try:
+        con = connect(out)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            _upsert(con, rows)
+            con.execute("COMMIT")
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        LOGGER.warning("catalog %s not updated: %s", catalog_path(out), exc)
+
+
+def rebuild(out: str | Path) -> int:
+    """Rows for every readable run.h5 under OUT/runs, replacing the catalog's content in one transaction."""
+    rows = []
+    for path in sorted(Path(out).glob("runs/*/run.h5")):
+        try:
+            rows.append(row_from_attrs(read_attrs(path), path.stat().st_mtime))
+        except (CorruptRun, OSError):
+            continue  # a corrupt file is no finished run: status reports it from the file
+    con = connect(out)
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        con.execute("DELETE FROM runs")
+        _upsert(con, rows)
+        con.execute("COMMIT")
+    finally:
+        con.close()
+    return len(rows)
+
+
+def read_catalog(out: str | Path) -> Optional[dict[str, dict]]:
+    """run_id -> row (config and metrics decoded); None when OUT has no catalog."""
+    if not catalog_path(out).exists():
+        return None
+    con = connect(out)
+    try:
+        cur = con.execute(f"SELECT {','.join(COLUMNS)} FROM runs")
+        rows = {}
+        for values in cur:
+            row = dict(zip(COLUMNS, values))
+            row["config"], row["metrics"] = json.loads(row["config"]), json.loads(row["metrics"])
+            rows[row["run_id"]] = row
+        return rows
+    finally:
+        con.close()
