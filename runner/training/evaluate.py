@@ -75,6 +75,8 @@ def cluster_scores(emb, labels, n_init: int = KMEANS_N_INIT, seed: int = KMEANS_
     """NMI and AMI between the labels and k-means clusters of emb, k = number of labels."""
     x = _as_tensor(emb).detach().cpu().float().numpy()  # float32 whatever came in: one result per embedding
     y = _as_tensor(labels).cpu().numpy()
+    if len(y) == 0:
+        return {"nmi": math.nan, "ami": math.nan}
     kmeans = KMeans(n_clusters=len(np.unique(y)), n_init=n_init, random_state=seed)
     # as many threads as torch uses (numba does the same): OpenMP's default oversubscribes shared nodes
     with threadpool_limits(torch.get_num_threads()), warnings.catch_warnings():

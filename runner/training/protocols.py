@@ -24,7 +24,9 @@ from runner.data.image_set import ImageSet
 from runner.data.splits import Splits
 from runner.training import evaluate
 
-PROTOCOLS = ("stratified", "class_disjoint", "query_gallery")
+QUERY_GALLERY = {"stratified": ("test", "train"), "class_disjoint": ("test", "test"),
+                 "query_gallery": ("query", "gallery")}
+"""Protocol name -> (split of the queries, split of the gallery); the same split twice is leave-one-out."""
 
 
 @dataclass(frozen=True)
@@ -63,13 +65,12 @@ def protocol_for(cfg: DataConfig, splits: Splits, recall_at: tuple[int, ...] = e
     sets, else as data.split says; a split named otherwise (e.g. a data set's official lists) is
     class_disjoint when none of its test classes is a training class, else stratified."""
     if getattr(splits, "query", None) is not None and getattr(splits, "gallery", None) is not None:
-        name, query, gallery = "query_gallery", "query", "gallery"
+        name = "query_gallery"
     elif cfg.split in ("stratified", "class_disjoint"):
         name = cfg.split
     else:
         name = "class_disjoint" if _disjoint(splits.test, splits.train) else "stratified"
-    if name != "query_gallery":
-        query, gallery = "test", "train" if name == "stratified" else "test"
+    query, gallery = QUERY_GALLERY[name]
     val_gallery = None if splits.val is None else ("val" if _disjoint(splits.val, splits.train) else "train")
     return Protocol(name, query, gallery, val_gallery, tuple(recall_at))
 
