@@ -48,11 +48,18 @@ def plan_jobs(jobs: str, runs: list[RunConfig], threads_per_run: Optional[int]) 
     return workers, threads or max(1, cpus // workers)
 
 
-def _worker(tasks, results, out: str, retry_failed: bool, threads: int) -> None:
-    """Take (index, config) from `tasks` until the None sentinel; put (index, summary) on `results`."""
+def _worker(tasks, results, stop, out: str, retry_failed: bool, threads: int) -> None:
+    """Take (index, config) from `tasks` until the None sentinel or `stop`; put (index, summary) on `results`.
+
+    Started with SIGINT ignored (a Ctrl-C while the interpreter boots would print a traceback
+    from multiprocessing); Ctrl-C is restored here, once there is a run to stop cleanly.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     torch.set_num_threads(threads)
     try:
         for i, cfg in iter(tasks.get, None):
+            if stop.is_set():
+                break
             results.put((i, next(run_each([cfg], out, progress=False, retry_failed=retry_failed))))
     except KeyboardInterrupt:  # Ctrl-C: run_one has stopped the run (its last checkpoint stays)
         pass
@@ -71,10 +78,15 @@ def run_parallel(runs: list[RunConfig], indices: list[int], out: str | Path, ret
         tasks.put(item)
     for _ in range(workers):
         tasks.put(None)
-    procs = [ctx.Process(target=_worker, args=(tasks, results, str(out), retry_failed, threads), daemon=True)
+    stop = ctx.Event()
+    procs = [ctx.Process(target=_worker, args=(tasks, results, stop, str(out), retry_failed, threads), daemon=True)
              for _ in range(workers)]
-    for proc in procs:
-        proc.start()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited through exec by the spawned workers
+    try:
+        for proc in procs:
+            proc.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     failures, done = 0, 0
     try:
         while done < len(todo):
@@ -89,11 +101,14 @@ def run_parallel(runs: list[RunConfig], indices: list[int], out: str | Path, ret
             failures += result["status"] == "failed"
             print(f"[{i}] " + format_result(result), flush=True)
     except KeyboardInterrupt:
+        stop.set()  # no worker takes another run
         for proc in procs:  # they share our process group at a terminal; a `kill -INT` reached only us
             if proc.is_alive():
                 os.kill(proc.pid, signal.SIGINT)
         for proc in procs:
             proc.join(timeout=60)
+            if proc.is_alive():  # still booting when the signal came: nothing of a run to keep yet
+                proc.terminate()
         print("interrupted: runs keep their last checkpoint; run the same command again to resume", file=sys.stderr)
         return 130
     for proc in procs:
