@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 
 from runner.config import RunConfig
-from runner.launch.many import run_each
+from runner.launch.many import run_each, varying_keys
 from runner.launch.run import format_result
 
 
@@ -48,12 +48,13 @@ def plan_jobs(jobs: str, runs: list[RunConfig], threads_per_run: Optional[int]) 
     return workers, threads or max(1, cpus // workers)
 
 
-def _worker(tasks, results, out: str, retry_failed: bool, threads: int) -> None:
+def _worker(tasks, results, out: str, retry_failed: bool, threads: int, hparam_keys: tuple = ()) -> None:
     """Take (index, config) from `tasks` until the None sentinel; put (index, summary) on `results`."""
     torch.set_num_threads(threads)
     try:
         for i, cfg in iter(tasks.get, None):
-            results.put((i, next(run_each([cfg], out, progress=False, retry_failed=retry_failed))))
+            results.put((i, next(run_each([cfg], out, progress=False, retry_failed=retry_failed,
+                                                    hparam_keys=hparam_keys))))
     except KeyboardInterrupt:  # Ctrl-C: run_one has stopped the run (its last checkpoint stays)
         pass
 
@@ -71,7 +72,8 @@ def run_parallel(runs: list[RunConfig], indices: list[int], out: str | Path, ret
         tasks.put(item)
     for _ in range(workers):
         tasks.put(None)
-    procs = [ctx.Process(target=_worker, args=(tasks, results, str(out), retry_failed, threads), daemon=True)
+    procs = [ctx.Process(target=_worker, args=(tasks, results, str(out), retry_failed, threads,
+                                                          tuple(varying_keys(runs))), daemon=True)
              for _ in range(workers)]
     for proc in procs:
         proc.start()
