@@ -19,6 +19,7 @@ from runner.cli import add_set_option, command
 from runner.config import from_dict, run_id
 from runner.launch import slurm_jobs
 from runner.launch.many import pending
+from runner.launch.arrays import submission_groups, submitit_limits
 from runner.launch.revision import submission_provenance
 from runner.launch.submitit_jobs import make_executor, run_groups, submit_runs, tasks_per_run
 from runner.store import submissions
@@ -49,6 +50,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--runs-per-task", type=int, default=1, help="runs one array task trains one after another")
     p.add_argument("--max-array-size", type=int, default=0,
                    help="tasks per array (0: MaxArraySize of scontrol show config)")
+    p.add_argument("--time-factor", type=float, default=2.0, help="--timeout-min x this for runs that timed out")
+    p.add_argument("--mem-factor", type=float, default=2.0, help="memory x this for runs out of memory")
+    p.add_argument("--max-attempts", type=int, default=5, help="submissions of one run at most (0: no limit)")
     p.add_argument("--retry-failed", action="store_true", help="also rerun runs recorded as failed")
     p.add_argument("--wait", action="store_true", help="wait for the jobs and print each run's status")
     args = p.parse_args(argv)
@@ -69,12 +73,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 0
     executor = make_executor(args)
     t0 = time.perf_counter()
-    groups = run_groups([runs[i].to_dict() for i in todo], executor.cluster, args.max_parallel,
-                        max(1, args.runs_per_task))
-    max_size = args.max_array_size or (slurm_jobs.max_array_size() if executor.cluster == "slurm" else 0) or 0
-    jobs = submit_runs(executor, groups, args.out, args.retry_failed, max_size)
+    jobs, groups = submit_classes(args, executor, runs, todo)
+    if not jobs:
+        print(f"nothing to submit: the {len(todo)} pending runs are queued already or out of attempts")
+        return 0
     record(args, jobs, groups, executor.cluster)
-    print(f"submitted {len(todo)} of {len(runs)} runs as {len(jobs)} {executor.cluster} job(s): "
+    print(f"submitted {sum(map(len, groups))} of {len(runs)} runs as {len(jobs)} {executor.cluster} job(s): "
           f"{jobs[0].job_id.split('_')[0]}  (logs: {Path(args.out).resolve() / 'submitit'})", flush=True)
     if not args.wait:
         return 0
@@ -88,6 +92,26 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"{statuses.count('completed')} completed, {len(statuses) - statuses.count('completed')} other "
           f"({', '.join(sorted(set(statuses)))}) in {time.perf_counter() - t0:.0f} s")
     return 0 if all(s in ("completed", "locked") for s in statuses) else 1
+
+
+def submit_classes(args: argparse.Namespace, executor, runs: list, todo: list[int]) -> tuple[list, list[list[dict]]]:
+    """Submit the pending runs; on SLURM runs whose last job timed out (ran out of memory) get
+    --timeout-min (memory) x the factor in arrays of their own, and queued runs are left alone."""
+    jobs, groups = [], []
+    slurm = executor.cluster == "slurm"
+    max_size = args.max_array_size or (slurm_jobs.max_array_size() if slurm else 0) or 0
+    classes = submission_groups(runs, args.out, todo, time_factor=args.time_factor, mem_factor=args.mem_factor,
+                                max_attempts=args.max_attempts, partition=args.partition) if slurm else [(todo, [], "")]
+    for indices, sbatch, why in classes:
+        base = {"timeout_min": args.timeout_min, **({"mem_gb": args.mem_gb} if args.mem_gb else {})}
+        executor.update_parameters(**{**base, **submitit_limits(sbatch)})
+        if why:
+            print(f"{len(indices)} run(s) {why}")
+        group = run_groups([runs[i].to_dict() for i in indices], executor.cluster, args.max_parallel,
+                           max(1, args.runs_per_task))
+        jobs += submit_runs(executor, group, args.out, args.retry_failed, max_size)
+        groups += group
+    return jobs, groups
 
 
 def record(args: argparse.Namespace, jobs: list, groups: list[list[dict]], cluster: str) -> None:

@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 
 from runner import grid, store
+from runner.launch import status
+from runner.store import submissions
 from runner.config import run_id
 from tests.conftest import PYTHON, ROOT
 
@@ -119,6 +121,13 @@ def test_submit_slurm_executor_ddp_then_nothing_to_do(tmp_path, slurm_env):
     assert_all_completed(out, runs)
     attrs = store.read_run(store.run_path(out, run_id(runs[0])))["attrs"]
     assert attrs["world_size"] == 2 and attrs["launcher"] == "slurm"
+    (record,) = submissions.read_submissions(out)  # what runner.status reconciles against
+    (job,) = record["jobs"]
+    assert record["kind"] == "runner.submit" and record["array_ranges"] == ["0-1%16"]
+    assert record["runs"] == [[run_id(runs[t]), f"{job['job_id']}_{t}"] for t in range(2)]
+    rows = status.collect(out)
+    # run.h5 decides; sacct may still say COMPLETING right after --wait returns
+    assert [r.state for r in rows] == ["completed"] * 2 and {r.job for r in rows} == {j for _, j in record["runs"]}
     p = subprocess.run(cmd, env=slurm_env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and "nothing to do" in p.stdout
 

@@ -112,3 +112,9 @@ def test_estimate_uses_the_same_config_with_another_seed(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[-2].startswith("estimate: 2 runs to do, ~6.0 min each (2 from completed runs of the same config")
     assert lines[-1].startswith("estimate: 0.20 run-hours")
+
+
+def test_retry_limits_become_submitit_parameters():
+    assert arrays.submitit_limits(["--time=04:00:00"]) == {"timeout_min": 240}
+    assert arrays.submitit_limits(["--mem=8000M"]) == {"mem_gb": 8}
+    assert arrays.submitit_limits([]) == {}

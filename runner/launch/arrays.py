@@ -85,19 +85,36 @@ def plan_arrays(groups: list[tuple[list[int], list[str], str]], runs_per_task: i
     return tasks, arrays
 
 
-def plan_submission(runs: list[RunConfig], out: str | Path, todo: list[int], *, runs_per_task: int = 1,
-                    max_array_size: int = 0, max_parallel: int = 0, time_factor: float = 2.0, mem_factor: float = 2.0,
-                    max_attempts: int = 0, partition: Optional[str] = None) -> tuple[list[list[int]], list[ArrayPlan]]:
-    """The tasks and arrays of the pending runs `todo`, asking SLURM for limits and last states."""
-    max_array_size = max_array_size or slurm_jobs.max_array_size() or 1001
+def submission_groups(runs: list[RunConfig], out: str | Path, todo: list[int], *, time_factor: float = 2.0,
+                      mem_factor: float = 2.0, max_attempts: int = 0,
+                      partition: Optional[str] = None) -> list[tuple[list[int], list[str], str]]:
+    """resource_groups of the pending runs `todo`, with their last SLURM states and the partition's MaxTime."""
     by_id = {run_id(runs[i]): i for i in todo}
     rows = {}
     if Path(out, submissions.SUBMISSIONS).exists():
         rows = {by_id[r.run_id]: r for r in status.collect(out, [(rid, {}) for rid in by_id])}
     needs_cap = any(r.state == "timeout" for r in rows.values())
     max_time_s = slurm_jobs.partition_max_time_s(partition) if needs_cap else None
-    groups = resource_groups(rows, todo, time_factor, mem_factor, max_attempts, max_time_s)
+    return resource_groups(rows, todo, time_factor, mem_factor, max_attempts, max_time_s)
+
+
+def plan_submission(runs: list[RunConfig], out: str | Path, todo: list[int], *, runs_per_task: int = 1,
+                    max_array_size: int = 0, max_parallel: int = 0, **retry) -> tuple[list[list[int]], list[ArrayPlan]]:
+    """The tasks and arrays of the pending runs `todo`, asking SLURM for limits and last states."""
+    max_array_size = max_array_size or slurm_jobs.max_array_size() or 1001
+    groups = submission_groups(runs, out, todo, **retry)
     return plan_arrays(groups, max(1, runs_per_task), max_array_size, max_parallel)
+
+
+def submitit_limits(sbatch: list[str]) -> dict:
+    """A group's sbatch arguments as submitit parameters: --time=... -> timeout_min, --mem=NM -> mem_gb."""
+    params = {}
+    for arg in sbatch:
+        if arg.startswith("--time="):
+            params["timeout_min"] = int(slurm_jobs.parse_time(arg.split("=", 1)[1]) // 60)
+        elif arg.startswith("--mem="):
+            params["mem_gb"] = max(1, -(-int(slurm_jobs.parse_mem(arg.split("=", 1)[1])) // 1024))
+    return params
 
 
 def plan_lines(arrays: list[ArrayPlan]) -> str:

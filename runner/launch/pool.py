@@ -22,7 +22,7 @@ from typing import Optional
 import torch
 
 from runner.config import RunConfig
-from runner.launch.many import run_each
+from runner.launch.many import run_each, varying_keys
 from runner.launch.run import format_result
 
 
@@ -48,7 +48,7 @@ def plan_jobs(jobs: str, runs: list[RunConfig], threads_per_run: Optional[int]) 
     return workers, threads or max(1, cpus // workers)
 
 
-def _worker(tasks, results, stop, out: str, retry_failed: bool, threads: int) -> None:
+def _worker(tasks, results, stop, out: str, retry_failed: bool, threads: int, hparam_keys: tuple = ()) -> None:
     """Take (index, config) from `tasks` until the None sentinel or `stop`; put (index, summary) on `results`.
 
     Started with SIGINT ignored (a Ctrl-C while the interpreter boots would print a traceback
@@ -60,7 +60,8 @@ def _worker(tasks, results, stop, out: str, retry_failed: bool, threads: int) ->
         for i, cfg in iter(tasks.get, None):
             if stop.is_set():
                 break
-            results.put((i, next(run_each([cfg], out, progress=False, retry_failed=retry_failed))))
+            results.put((i, next(run_each([cfg], out, progress=False, retry_failed=retry_failed,
+                                                    hparam_keys=hparam_keys))))
     except KeyboardInterrupt:  # Ctrl-C: run_one has stopped the run (its last checkpoint stays)
         pass
 
@@ -79,7 +80,8 @@ def run_parallel(runs: list[RunConfig], indices: list[int], out: str | Path, ret
     for _ in range(workers):
         tasks.put(None)
     stop = ctx.Event()
-    procs = [ctx.Process(target=_worker, args=(tasks, results, stop, str(out), retry_failed, threads), daemon=True)
+    procs = [ctx.Process(target=_worker, args=(tasks, results, stop, str(out), retry_failed, threads,
+                                               tuple(varying_keys(runs))), daemon=True)
              for _ in range(workers)]
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited through exec by the spawned workers
     try:
