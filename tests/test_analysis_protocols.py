@@ -129,6 +129,26 @@ def test_class_disjoint_run_end_to_end(tmp_path):
     assert got_raw["map_at_r"] == pytest.approx(raw_want["map_at_r"], abs=1e-3) and got_raw["map_at_r"] > 0.1
     assert got_raw["p_at_1"] == pytest.approx(raw_want["p_at_1"], abs=1e-2)
 
+    # retrieval searches the other test images, never the query itself nor the training classes
+    from analysis import openset, retrieve
+    from analysis.metrics import protocol_of
+    from runner.store import read_attrs, read_final
+    final, protocol = read_final(path), protocol_of(read_attrs(path))
+    for q in (0, 7):
+        r = retrieve.neighbours(final, q, 5, protocol=protocol)
+        d = np.linalg.norm(x.astype(np.float64) - x[q], axis=1)
+        d[q] = np.inf
+        assert r["gallery"] == "test" and q not in r["rows"] and set(r["labels"]) <= set(y)
+        np.testing.assert_allclose(r["distances"], np.sort(d)[:5], atol=1e-6)
+    assert all(q < len(y) for q in retrieve.pick_queries(final, 4, protocol=protocol))
+    # open-set: the unseen test classes are the unknowns (a stratified-only check would give nan)
+    o = openset.open_set(final)
+    assert o["unknown_classes"] == "unseen test classes" and 0.0 <= o["auroc_gini"] <= 1.0
+    assert len(o["gini_unknown"]) == len(y) and np.isfinite(o["softmax_acc"])
+
     out = report.build_report(tmp_path, tmp_path / "report", report.Options(
-        methods=(), baselines=True, tensorboard=False, max_points=300))
+        methods=(), baselines=True, tensorboard=True, max_points=300))
     assert out["slides"] == 10 and count_pdf_pages(out["pdf"]) == 10
+    slides = out["markdown"].read_text() if hasattr(out["markdown"], "read_text") else open(out["markdown"]).read()
+    assert "class-disjoint: leave-one-out among unseen classes" in slides
+    assert "nearest other test images" in slides and "Unknowns: the unseen test classes" in slides
