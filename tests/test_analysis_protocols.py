@@ -152,3 +152,22 @@ def test_class_disjoint_run_end_to_end(tmp_path):
     slides = out["markdown"].read_text() if hasattr(out["markdown"], "read_text") else open(out["markdown"]).read()
     assert "class-disjoint: leave-one-out among unseen classes" in slides
     assert "nearest other test images" in slides and "Unknowns: the unseen test classes" in slides
+
+
+def test_fake_class_disjoint_grid_is_recomputed_leave_one_out(tmp_path):
+    """tests.fixtures.fake_runs writes class-disjoint grids with the runner's protocol attrs and every metric."""
+    from analysis import tables
+    from analysis.load import load_runs
+    from tests.fixtures.fake_runs import grid_configs, write_grid
+    configs = grid_configs("jobs/exercise.yaml", ("data.split=class_disjoint",))[:2]
+    write_grid(tmp_path, configs)
+    runs = load_runs(tmp_path)
+    assert (runs.table["eval_protocol"] == "class_disjoint").all() and (runs.table["metrics_diff"] < 1e-9).all()
+    for _, run in runs.table.iterrows():
+        with h5py.File(run["path"], "r") as f:
+            x, y = f["final/test/embeddings"][()], f["final/test/labels"][()]
+            assert not set(y) & set(f["final/train/labels"][()])
+        want = loo_reference(x, y)
+        assert {k: run[k] for k in want} == pytest.approx(want, abs=1e-9)
+        assert np.isfinite(run["nmi"]) and np.isfinite(run["ami"])
+    assert tables.config_table(runs)["n_seeds"].tolist() == [2]  # the first two configs are two seeds of one
