@@ -24,6 +24,10 @@ from runner.store import read_attrs, read_final
 TOP_ROWS = 9
 
 
+SLIDE_METRICS = ("knn1", "p_at_1", "map_at_r", "recall_at_1", "recall_at_4", "nmi")
+"""Metrics of the accuracy slide; the tables hold every metric of METRIC_NAMES."""
+
+
 def protocol_note(res) -> str:
     """Which protocol the grid's metrics follow, e.g. 'class-disjoint: leave-one-out among unseen classes'."""
     names = res.runs.table["eval_protocol"].dropna().unique() if "eval_protocol" in res.runs.table else ["stratified"]
@@ -63,7 +67,8 @@ def accuracy_slide(res, metric: str) -> Slide:
     if not base.empty:
         base = base.loc[base.groupby("loss.name")[f"{metric}_mean"].idxmax()].sort_values(f"{metric}_mean", ascending=False)
     shown = pd.concat([runs, base], ignore_index=True)
-    disp = tables.display_table(shown)
+    shown_metrics = tuple(dict.fromkeys((*SLIDE_METRICS, metric)))  # all of them: tables/accuracy.*
+    disp = tables.display_table(shown, metrics=shown_metrics)
     grey = list(range(len(runs), len(shown)))
     best, answer = runs.iloc[0], ""
     answer = f"Best: {best['config']} ({METRIC_LABELS[metric]} {tables.fmt_ci(best[f'{metric}_mean'], best[f'{metric}_ci'])})"
