@@ -88,7 +88,7 @@ def test_nmi_and_ami_are_those_of_scikit_learn_on_a_kmeans_run_here():
     assert shuffled["ami"] < 0.1  # labels unrelated to the clusters: AMI near zero
 
 
-def test_class_disjoint_run_end_to_end(tmp_path):
+def test_class_disjoint_run_end_to_end(tmp_path, capsys):
     """Real training with data.split=class_disjoint -> run.h5 -> analysis.load, baselines and the report."""
     from analysis import baselines, report
     from analysis.load import load_runs, load_split_images
@@ -141,6 +141,10 @@ def test_class_disjoint_run_end_to_end(tmp_path):
         assert r["gallery"] == "test" and q not in r["rows"] and set(r["labels"]) <= set(y)
         np.testing.assert_allclose(r["distances"], np.sort(d)[:5], atol=1e-6)
     assert all(q < len(y) for q in retrieve.pick_queries(final, 4, protocol=protocol))
+    assert retrieve.main([str(path.parent), "--query", "7", "--k", "3", "--out", str(tmp_path / "q7.png")]) == 0
+    assert (tmp_path / "q7.png").stat().st_size > 1000
+    printed = capsys.readouterr().out
+    assert "gallery: test, class_disjoint" in printed and " train #" not in printed
     # open-set: the unseen test classes are the unknowns (a stratified-only check would give nan)
     o = openset.open_set(final)
     assert o["unknown_classes"] == "unseen test classes" and 0.0 <= o["auroc_gini"] <= 1.0
