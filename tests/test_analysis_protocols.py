@@ -175,3 +175,23 @@ def test_fake_class_disjoint_grid_is_recomputed_leave_one_out(tmp_path):
         assert {k: run[k] for k in want} == pytest.approx(want, abs=1e-9)
         assert np.isfinite(run["nmi"]) and np.isfinite(run["ami"])
     assert tables.config_table(runs)["n_seeds"].tolist() == [2]  # the first two configs are two seeds of one
+
+
+def test_baselines_score_the_protocols_queries_against_its_gallery():
+    """raw pixels: leave-one-out ("self") and an explicit gallery holding the queries (own image excluded)
+    both equal the scikit-learn leave-one-out computation; against the training split they differ."""
+    from analysis.baselines import baselines_for_split
+    rng = np.random.default_rng(5)
+    centres = rng.integers(40, 200, size=(4, 1, 5, 5))
+    def images(n):
+        y = np.repeat(np.arange(4), n)
+        return np.clip(centres[y] + rng.normal(0, 45, size=(len(y), 1, 5, 5)), 0, 255).astype(np.uint8), y
+    (im_tr, y_tr), (im_q, y_q) = images(10), images(12)
+    want = loo_reference(im_q.reshape(len(y_q), -1) / 255.0, y_q)
+    loo = baselines_for_split(im_tr, y_tr, im_q, y_q, [2], ("raw",), gallery="self").iloc[0]
+    explicit = baselines_for_split(im_tr, y_tr, im_q, y_q, [2], ("raw",),
+                                   gallery=(im_q, y_q, np.arange(len(y_q)))).iloc[0]
+    stratified = baselines_for_split(im_tr, y_tr, im_q, y_q, [2], ("raw",)).iloc[0]
+    for key in ("knn1", "ncm", "map_at_r", "recall_at_2"):
+        assert loo[key] == pytest.approx(want[key], abs=1e-9) and explicit[key] == pytest.approx(want[key], abs=1e-9)
+    assert stratified["map_at_r"] != pytest.approx(want["map_at_r"], abs=1e-6)
