@@ -3,8 +3,9 @@
 Only HDF5 is read here, through runner.store's readers (docs/hdf5.md); nothing is
 trained or re-run. Unreadable,
 truncated and failed files are skipped with one warning that lists them. Metrics are
-recomputed from the stored final embeddings (analysis.metrics) and checked against
-the `metrics` attribute the run stored.
+recomputed from the stored final embeddings by the run's recorded protocol (attrs
+eval_protocol, eval_query, eval_gallery; analysis.metrics) and checked against the
+`metrics` attribute the run stored.
 """
 
 from __future__ import annotations
@@ -20,18 +21,20 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from analysis.metrics import compute_metrics
+from analysis.metrics import protocol_of, run_metrics
 from runner import store
 from runner.config import DataConfig, flatten
 from runner.data import ImageSet, load_dataset
 from runner.store import METRIC_NAMES
 
 METRIC_LABELS = {"knn1": "kNN-1", "knn5": "kNN-5", "ncm": "NCM", "p_at_1": "P@1",
-                 "r_precision": "R-prec", "map_at_r": "MAP@R"}
+                 "r_precision": "R-prec", "map_at_r": "MAP@R", "recall_at_1": "R@1", "recall_at_2": "R@2",
+                 "recall_at_4": "R@4", "recall_at_8": "R@8", "nmi": "NMI", "ami": "AMI"}
 RUN_SPECIFIC = ("seed", "train.device", "train.num_threads", "train.deterministic")
 """Config columns that do not define a configuration: runs differing only here are repeats."""
 INFO_COLUMNS = ("run_id", "path", "status", "config_id", "config_label", "mining", "loss_family",
-                "metrics_diff", "n_steps", "epochs_run", "train_time_s", "family", "n_classes")
+                "metrics_diff", "n_steps", "epochs_run", "train_time_s", "family", "n_classes",
+                "eval_protocol", "eval_query", "eval_gallery")
 
 
 @dataclass
@@ -78,6 +81,9 @@ def _read_row(path: Path) -> dict:
     data = store.read_data_info(path)
     row["family"] = str(data.get("family", cfg.get("data", {}).get("name", "")))
     row["n_classes"] = len(data["class_names"]) if "class_names" in data else np.nan
+    protocol = protocol_of(attrs)
+    row.update(eval_protocol=protocol["name"], eval_query=protocol["query"], eval_gallery=protocol["gallery"],
+               _attrs=attrs)
     stored = attrs.get("metrics") if isinstance(attrs.get("metrics"), dict) else {}
     row.update({f"stored_{k}": float(stored[k]) for k in METRIC_NAMES if k in stored})
     row.update(run_id=attrs.get("run_id", path.parent.name), path=str(path), status=status,
@@ -130,13 +136,12 @@ def _add_metrics_1(table: pd.DataFrame, recompute: bool) -> pd.DataFrame:
         m, diff = stored, np.nan
         if recompute and row["has_final"]:
             fin = store.read_final(row["path"])
-            m = compute_metrics(fin["test"]["embeddings"], fin["test"]["labels"],
-                                fin["train"]["embeddings"], fin["train"]["labels"])
+            m = run_metrics(fin, row["_attrs"])  # by the run's recorded protocol
             d = [abs(m[k] - v) for k, v in stored.items() if np.isfinite(v)]
             diff = max(d) if d else np.nan
         diffs.append(diff)
         values.append({k: float(m.get(k, np.nan)) for k in METRIC_NAMES})
-    out = pd.concat([table, pd.DataFrame(values, index=table.index)], axis=1)
+    out = pd.concat([table.drop(columns="_attrs"), pd.DataFrame(values, index=table.index)], axis=1)
     out["metrics_diff"] = diffs
     bad = out[out["metrics_diff"] > 1e-4]
     if len(bad):

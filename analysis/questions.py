@@ -19,9 +19,19 @@ from analysis.load import METRIC_LABELS, load_history, short_loss_name
 from analysis.openset import openset_figure
 from analysis.render import Slide, table_figure
 from analysis.retrieve import gallery_figure, neighbours, pick_queries
-from runner.store import read_final
+from runner.store import read_attrs, read_final
 
 TOP_ROWS = 9
+
+
+SLIDE_METRICS = ("knn1", "p_at_1", "map_at_r", "recall_at_1", "recall_at_4", "nmi")
+"""Metrics of the accuracy slide; the tables hold every metric of METRIC_NAMES."""
+
+
+def protocol_note(res) -> str:
+    """Which protocol the grid's metrics follow, e.g. 'class-disjoint: leave-one-out among unseen classes'."""
+    names = res.runs.table["eval_protocol"].dropna().unique() if "eval_protocol" in res.runs.table else ["stratified"]
+    return "; ".join(metrics.PROTOCOL_NOTES.get(n, n) for n in sorted(names)) or metrics.PROTOCOL_NOTES["stratified"]
 
 
 def _verdict(row) -> str:
@@ -57,7 +67,8 @@ def accuracy_slide(res, metric: str) -> Slide:
     if not base.empty:
         base = base.loc[base.groupby("loss.name")[f"{metric}_mean"].idxmax()].sort_values(f"{metric}_mean", ascending=False)
     shown = pd.concat([runs, base], ignore_index=True)
-    disp = tables.display_table(shown)
+    shown_metrics = tuple(dict.fromkeys((*SLIDE_METRICS, metric)))  # all of them: tables/accuracy.*
+    disp = tables.display_table(shown, metrics=shown_metrics)
     grey = list(range(len(runs), len(shown)))
     best, answer = runs.iloc[0], ""
     answer = f"Best: {best['config']} ({METRIC_LABELS[metric]} {tables.fmt_ci(best[f'{metric}_mean'], best[f'{metric}_ci'])})"
@@ -68,7 +79,7 @@ def accuracy_slide(res, metric: str) -> Slide:
     return Slide("Accuracy per configuration (mean ± 95% CI over seeds)", "table_accuracy",
                  lambda fig: table_figure(fig, disp, fontsize=15, grey_rows=grey, bold_rows=[0]), answer,
                  notes=f"{n_more} more configurations and all baselines in tables/accuracy.(csv|md|tex). "
-                       "Grey rows: baselines on the same split (best dim per method).")
+                       f"Grey rows: baselines on the same queries and protocol (best dim per method). {protocol_note(res)}.")
 
 
 def paired_slide(res, metric: str) -> Slide:
@@ -104,7 +115,8 @@ def paired_slide(res, metric: str) -> Slide:
 
     answer = "; ".join(_paired_sentence(res, n, metric) for n in tables.COMPARISONS)
     return Slide("Contrastive or triplet? Does mining help? (paired over seeds)", "paired", draw, answer,
-                 notes="Pairs: same seed and same settings except the factor. p: paired t-test; per-dim rows in tables/paired.")
+                 notes="Pairs: same seed and same settings except the factor. p: paired t-test; per-dim rows in "
+                       f"tables/paired. {protocol_note(res)}.")
 
 
 def sweep_slide(res, metric: str) -> Slide:
@@ -185,20 +197,23 @@ def hierarchy_slide(res) -> Slide:
 
 def retrieval_slide(res, k: int, n_queries: int) -> Slide:
     best = res.chosen["best"]
-    final = read_final(best["path"])
-    queries = pick_queries(final, n_queries)
-    confusions = pd.Series([(int(final["test"]["labels"][q]), int(neighbours(final, q, 1)["labels"][0]))
-                            for q in range(len(final["test"]["labels"]))])
+    final, protocol = read_final(best["path"]), metrics.protocol_of(read_attrs(best["path"]))
+    queries = pick_queries(final, n_queries, protocol=protocol)
+    q_labels = final[protocol["query"]]["labels"]
+    confusions = pd.Series([(int(q_labels[q]), int(neighbours(final, q, 1, protocol=protocol)["labels"][0]))
+                            for q in range(len(q_labels))])
     wrong = confusions[[a != b for a, b in confusions]]
     names = class_names_of(best["path"])
-    answer = f"Top-1 wrong for {len(wrong)}/{len(confusions)} test queries"
+    answer = f"Top-1 wrong for {len(wrong)}/{len(confusions)} {protocol['query']} queries"
     if len(wrong):
         (a, b), n = wrong.value_counts().index[0], wrong.value_counts().iloc[0]
         answer += f"; most frequent doppelganger: {names[a]} → {names[b]} ({n}×)"
-    return Slide(f"Retrieval: each query's {k} nearest training images", "retrieval",
+    where = {"train": "training", "test": "other test"}.get(protocol["gallery"], protocol["gallery"])
+    return Slide(f"Retrieval: each query's {k} nearest {where} images", "retrieval",
                  lambda fig: gallery_figure(fig, best["path"], queries, k), answer,
                  notes="Green frame: same class as the query; red: a doppelganger. "
-                       "python -m analysis.retrieve RUN_DIR --query I --k K for any query.")
+                       "python -m analysis.retrieve RUN_DIR --query I --k K for any query. "
+                       f"{metrics.PROTOCOL_NOTES.get(protocol['name'], protocol['name'])}.")
 
 
 def openset_slide(res) -> Slide:
@@ -224,8 +239,10 @@ def openset_slide(res) -> Slide:
               f"(AUROC {r['auroc_gini']:.2f})")
     return Slide("Beyond kNN: softmax on frozen embeddings, open-set rejection", "openset", draw, answer,
                  notes="Columns: the best configuration of each loss (" + "; ".join(o["config"]) + "). "
-                       "30% of the classes are held out of the softmax as 'unknown'. With a stratified split the "
-                       "embedding network saw them in training: an optimistic open-set test.")
+                       + ("Unknowns: the unseen test classes; knowns: held-out training images of the training "
+                          "classes (class-disjoint)." if "class_disjoint" in set(res.runs.table.get("eval_protocol", ()))
+                          else "30% of the classes are held out of the softmax as 'unknown'. With a stratified split "
+                          "the embedding network saw them in training: an optimistic open-set test."))
 
 
 def summary_slide(res, metric: str, slides: list[Slide]) -> Slide:
@@ -235,7 +252,7 @@ def summary_slide(res, metric: str, slides: list[Slide]) -> Slide:
                f"stopped early: in loss curves, not in tables), {len(res.runs.skipped)} files skipped (corrupt or failed, "
                f"listed in tables/skipped.csv); data: {data}; {t['config_id'].nunique()} configurations × "
                f"{t['seed'].nunique()} seeds",
-               f"Metrics recomputed from the stored embeddings ({metrics.source()}); largest difference to the stored values "
+               f"Protocol: {protocol_note(res)}. Metrics recomputed from the stored embeddings ({metrics.source()}); largest difference to the stored values "
                f"{np.nanmax(t['metrics_diff'].to_numpy(dtype=float)) if t['metrics_diff'].notna().any() else float('nan'):.1e}"]
     seen = set()
     for s in slides:

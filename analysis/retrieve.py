@@ -1,8 +1,11 @@
 """`python -m analysis.retrieve RUN_DIR --query I | --image PHOTO [--k K] [--out PNG]`: nearest images of a query.
 
---query I: the k nearest training images (by Euclidean distance of the stored final
-embeddings) of test sample I, with their labels and distances, and a gallery: the
-query, then its neighbours, correct matches framed green, wrong ones red.
+--query I: the k nearest gallery images (by Euclidean distance of the stored final
+embeddings) of query I, with their labels and distances, and a gallery: the query, then
+its neighbours, correct matches framed green, wrong ones red. Query and gallery are those
+of the run's recorded protocol (attrs eval_query/eval_gallery): test against train
+(stratified), test against the other test images (class-disjoint), query against gallery,
+never the query's own image.
 
 --image PHOTO ("find your doppelganger"): a photo that is in no data set, embedded
 with the run's model.pt and preprocessing (runner.inference), against --gallery train,
@@ -22,9 +25,13 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from analysis.load import load_data_info, load_split_images
+from analysis.metrics import gallery_exclusion, protocol_of
 from runner.config import ConfigError
 from runner.inference import embed, image_files, load_run_model, read_images
-from runner.store import read_final
+from runner.store import read_attrs, read_final
+
+STRATIFIED = protocol_of({})
+"""Test queries against the training gallery: files written before protocols were recorded."""
 
 
 def resolve_run(path: str | Path) -> Path:
@@ -33,24 +40,39 @@ def resolve_run(path: str | Path) -> Path:
     return path if path.is_file() else path / "run.h5"
 
 
-def neighbours(final: dict, query: int, k: int, split: str = "test") -> dict:
-    """Rows of the k nearest training samples of `split` sample `query`, with distances and labels."""
+def neighbours(final: dict, query: int, k: int, split: Optional[str] = None, protocol: Optional[dict] = None) -> dict:
+    """Rows of the k nearest gallery samples of query `query`, with distances and labels.
+
+    Args:
+        split: the query's split; None is the protocol's query split. A training query
+            searches the training split.
+        protocol: analysis.metrics.protocol_of of the run; None is stratified (test vs train).
+    """
+    p = protocol or STRATIFIED
+    split = split or p["query"]
+    gallery = "train" if split == "train" else p["gallery"]
     q = final[split]["embeddings"][query].astype(np.float64)
-    ref = final["train"]["embeddings"].astype(np.float64)
+    ref = final[gallery]["embeddings"].astype(np.float64)
     d = np.sqrt(((ref - q) ** 2).sum(axis=1))
-    if split == "train":
-        d[query] = np.inf  # a training query is not its own neighbour
+    if split == gallery:
+        d[query] = np.inf  # a query is not its own neighbour
+    else:
+        own = gallery_exclusion(final[split]["index"][query:query + 1], final[gallery]["index"], False)
+        if own is not None:
+            d[own[0]] = np.inf  # nor is its own image in the gallery
     rows = np.argsort(d, kind="stable")[:k]
     return {"query": query, "label": int(final[split]["labels"][query]), "rows": rows, "distances": d[rows],
-            "labels": final["train"]["labels"][rows], "index": final["train"]["index"][rows],
-            "query_index": int(final[split]["index"][query])}
+            "labels": final[gallery]["labels"][rows], "index": final[gallery]["index"][rows],
+            "query_index": int(final[split]["index"][query]), "gallery": gallery}
 
 
-def pick_queries(final: dict, n: int = 5, seed: int = 0) -> list[int]:
-    """A few test queries: some at random and, when there are any, some whose top-1 is wrong."""
+def pick_queries(final: dict, n: int = 5, seed: int = 0, protocol: Optional[dict] = None) -> list[int]:
+    """A few queries of the protocol: some at random and, when there are any, some whose top-1 is wrong."""
     rng = np.random.default_rng(seed)
-    n_test = len(final["test"]["labels"])
-    wrong = [i for i in rng.permutation(n_test)[:400] if neighbours(final, int(i), 1)["labels"][0] != final["test"]["labels"][i]]
+    labels = final[(protocol or STRATIFIED)["query"]]["labels"]
+    n_test = len(labels)
+    wrong = [i for i in rng.permutation(n_test)[:400]
+             if neighbours(final, int(i), 1, protocol=protocol)["labels"][0] != labels[i]]
     chosen = [int(i) for i in wrong[: n // 2]]
     chosen += [int(i) for i in rng.permutation(n_test) if int(i) not in chosen][: n - len(chosen)]
     return sorted(chosen)
@@ -68,11 +90,11 @@ def _show(ax, image: Optional[np.ndarray]) -> None:
 
 
 def gallery_figure(fig, path: str | Path, queries: list[int], k: int = 5):
-    """Rows: queries; columns: the query and its k nearest training images (distance, label)."""
-    final = read_final(path)
+    """Rows: queries; columns: the query and its k nearest gallery images of the run's protocol (distance, label)."""
+    final, protocol = read_final(path), protocol_of(read_attrs(path))
     info = load_data_info(path)
     names = info["class_names"] or [str(i) for i in range(int(final["train"]["labels"].max()) + 1)]
-    results = [neighbours(final, q, k) for q in queries]
+    results = [neighbours(final, q, k, protocol=protocol) for q in queries]
     idx = np.concatenate([[r["query_index"] for r in results], *[r["index"] for r in results]])
     tr_imgs = load_split_images(info["config"]["data"], idx)
     axes = fig.subplots(len(queries), k + 1, squeeze=False)
@@ -156,7 +178,7 @@ def retrieve_photos(path: Path, photos: list[str], k: int, which: str, out: Opti
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.retrieve", description=__doc__.splitlines()[0])
     p.add_argument("run", help="results/runs/<run_id> (or its run.h5)")
-    p.add_argument("--query", type=int, action="append", help="test sample index (repeatable)")
+    p.add_argument("--query", type=int, action="append", help="query sample index (repeatable): a test image, or a query image for query/gallery runs")
     p.add_argument("--image", action="append", help="a photo (or folder of photos) in no data set (repeatable)")
     p.add_argument("--gallery", choices=("auto", "train", "test", "all"), default="auto",
                    help="with --image: the stored images to search (auto: test for class-disjoint runs, else train)")
@@ -177,19 +199,20 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def retrieve_queries(path: Path, queries: list[int], k: int, out: Optional[str]) -> int:
-    """--query: the k nearest training images of stored test samples, printed and drawn."""
-    final = read_final(path)
+    """--query: the k nearest gallery images of stored queries (the run's protocol), printed and drawn."""
+    final, protocol = read_final(path), protocol_of(read_attrs(path))
     names = load_data_info(path)["class_names"]
-    n_test = len(final["test"]["labels"])
+    n_test = len(final[protocol["query"]]["labels"])
     if any(not 0 <= q < n_test for q in queries):
         print(f"error: --query must be in 0..{n_test - 1}", file=sys.stderr)
         return USAGE_ERROR
     for q in queries:
-        r = neighbours(final, q, k)
-        print(f"query {q} (data set index {r['query_index']}, class {names[r['label']] if names else r['label']})")
+        r = neighbours(final, q, k, protocol=protocol)
+        print(f"{protocol['query']} query {q} (data set index {r['query_index']}, "
+              f"class {names[r['label']] if names else r['label']}; gallery: {r['gallery']}, {protocol['name']})")
         for rank, (row, d, lab, src) in enumerate(zip(r["rows"], r["distances"], r["labels"], r["index"]), 1):
             mark = "✓" if lab == r["label"] else "✗"
-            print(f"  {rank:2d}. train #{row:<5d} index {src:<6d} class {names[lab] if names else lab:<12} d={d:.4f} {mark}")
+            print(f"  {rank:2d}. {r['gallery']} #{row:<5d} index {src:<6d} class {names[lab] if names else lab:<12} d={d:.4f} {mark}")
     fig = Figure(figsize=(1.9 * (k + 1), 2.1 * len(queries) + 0.3))  # no pyplot: no backend to pick
     gallery_figure(fig, path, queries, k)
     target = Path(out) if out else Path(f"retrieval_{path.parent.name}_q{'_'.join(map(str, queries))}.png")

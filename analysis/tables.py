@@ -48,23 +48,26 @@ def config_table(runs: Runs, metrics=METRIC_NAMES) -> pd.DataFrame:
     for cid, group in t.groupby("config_id", sort=True):
         done = group[group["status"] == "completed"]
         row = {"kind": "run", "config": group["config_label"].iloc[0], "config_id": cid,
+               "eval_protocol": group["eval_protocol"].iloc[0] if "eval_protocol" in group else "stratified",
                **{c: group[c].iloc[0] for c in cols}, "n_seeds": len(done),
                "n_stopped": int((group["status"] == "stopped").sum())}
         for m in metrics:
             row[f"{m}_mean"], row[f"{m}_ci"], _ = mean_ci(done[m])
         rows.append(row)
     out = pd.DataFrame(rows)
-    return out.sort_values(f"{metrics[-1]}_mean", ascending=False, kind="stable").reset_index(drop=True)
+    rank = "map_at_r" if "map_at_r" in metrics else metrics[-1]  # METRIC_NAMES now ends with ami
+    return out.sort_values(f"{rank}_mean", ascending=False, kind="stable").reset_index(drop=True)
 
 
 def with_baselines(table: pd.DataFrame, baselines: pd.DataFrame, metrics=METRIC_NAMES) -> pd.DataFrame:
-    """Runs and baselines (same split) in one table; a baseline is one deterministic fit (no CI)."""
+    """Runs and baselines (same queries, same protocol) in one table; a baseline is one deterministic fit (no CI)."""
     if baselines is None or baselines.empty:
         return table
     rows = []
     for _, b in baselines.iterrows():
         label = f"{b['label']} d={b['dim']}" + (f" ({b['dim_note']})" if b.get("dim_note") else "")
         rows.append({"kind": "baseline", "config": label, "loss.name": b["label"], "embedding.dim": b["dim"],
+                     "eval_protocol": b.get("eval_protocol", "stratified"),
                      "n_seeds": 1, "n_stopped": 0, **{f"{m}_mean": b[m] for m in metrics},
                      **{f"{m}_ci": float("nan") for m in metrics}})
     return pd.concat([table, pd.DataFrame(rows)], ignore_index=True)

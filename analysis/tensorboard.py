@@ -1,9 +1,11 @@
 """TensorBoard logs rebuilt from run.h5: HParams for the whole grid, projector for chosen runs.
 
 `tensorboard --logdir REPORT/tensorboard --host 127.0.0.1` then shows
-  HParams:   one session per run (flattened config -> final test metrics), to filter and
-             sort the grid; and per-step loss / diagnostics scalars per run;
-  Projector: final test embeddings of the chosen runs with class labels and image sprites.
+  HParams:   one session per run (flattened config and eval_protocol -> final metrics of the
+             run's recorded protocol, as recomputed by analysis.load), to filter and sort the
+             grid; per-step loss / diagnostics and per-epoch metric scalars per run;
+  Projector: final query embeddings (the protocol's query split) of the chosen runs with
+             class labels and image sprites.
 Training writes its own logs to results/runs/<run_id>/tb; these are built from the HDF5
 alone, so they also exist for runs whose tb/ was lost. tensorboard is imported lazily.
 """
@@ -18,7 +20,8 @@ import numpy as np
 import torch
 
 from analysis.load import Runs, load_data_info, load_history, load_split_images
-from runner.store import METRIC_NAMES, read_final
+from analysis.metrics import protocol_of
+from runner.store import METRIC_NAMES, read_attrs, read_final
 
 SPRITE_LIMIT_PX = 8192
 MAX_PROJECTOR_POINTS = 1000
@@ -45,6 +48,7 @@ def write_hparams(runs: Runs, logdir: str | Path, scalars: bool = True) -> Path:
     for _, run in runs.table.iterrows():
         hp = {c: _hparam_value(run[c]) for c in runs.config_columns if c != "data.root"}
         hp["status"] = run["status"]
+        hp["eval_protocol"] = str(run.get("eval_protocol", "stratified"))  # which queries/gallery the metrics use
         metrics = {f"hparam/{m}": float(run[m]) for m in METRIC_NAMES if np.isfinite(run.get(m, np.nan))}
         with _summary_writer(logdir / run["run_id"]) as writer:
             writer.add_hparams(hp, metrics, run_name=".")
@@ -55,16 +59,21 @@ def write_hparams(runs: Runs, logdir: str | Path, scalars: bool = True) -> Path:
                     for step, value in zip(steps["step"].to_numpy()[::stride], steps[key].to_numpy()[::stride]):
                         if np.isfinite(value):
                             writer.add_scalar(f"step/{key}", float(value), int(step))
+                epochs = load_history(run["path"], "epochs")
+                for key in (m for m in METRIC_NAMES if m in epochs):
+                    for epoch, value in zip(epochs["epoch"].to_numpy(), epochs[key].to_numpy()):
+                        if np.isfinite(value):  # the runner's per-epoch metrics, by the same protocol
+                            writer.add_scalar(f"epoch/{key}", float(value), int(epoch))
     return logdir
 
 
 def write_projector(paths: dict, logdir: str | Path, max_points: int = MAX_PROJECTOR_POINTS) -> Path:
-    """Final test embeddings of {label: run.h5 path} in one projector, with sprites when images load."""
+    """Final query embeddings (protocol's query split) of {label: run.h5 path} in one projector, with sprites."""
     logdir = Path(logdir) / "projector"
     with _summary_writer(logdir) as writer:
         for label, path in paths.items():
             final, info = read_final(path), load_data_info(path)
-            test = final["test"]
+            test = final[protocol_of(read_attrs(path))["query"]]
             keep = np.sort(np.random.default_rng(0).permutation(len(test["labels"]))[:max_points])
             names = info["class_names"] or []
             meta = [[names[int(c)] if int(c) < len(names) else str(int(c)),

@@ -7,6 +7,8 @@ import h5py
 import numpy as np
 import pytest
 from scipy import stats
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
 
 from analysis import baselines, hierarchy, openset, tables
@@ -91,6 +93,13 @@ def test_tables_equal_recomputation_with_sklearn(grid):
         for k, key in ((1, "knn1"), (5, "knn5")):
             assert run[key] == pytest.approx(KNeighborsClassifier(n_neighbors=k).fit(xtr, ytr).score(xte, yte), abs=1e-9)
         assert run["ncm"] == pytest.approx(NearestCentroid().fit(xtr, ytr).score(xte, yte), abs=1e-9)
+        assert run["eval_protocol"] == "stratified"
+        nn = KNeighborsClassifier(n_neighbors=1).fit(xtr, ytr).kneighbors(xte, n_neighbors=8, return_distance=False)
+        for k in (1, 2, 4, 8):  # Recall@K: a same-class training image among the first K (every class is in train)
+            assert run[f"recall_at_{k}"] == pytest.approx(np.mean((ytr[nn[:, :k]] == yte[:, None]).any(1)), abs=1e-9)
+        clusters = KMeans(n_clusters=len(np.unique(yte)), n_init=3, random_state=0).fit_predict(xte)
+        assert run["nmi"] == pytest.approx(normalized_mutual_info_score(yte, clusters), abs=1e-9)
+        assert run["ami"] == pytest.approx(adjusted_mutual_info_score(yte, clusters), abs=1e-9)
         assert all(run[m] == pytest.approx(stored[m], abs=1e-5) for m in METRIC_NAMES)
     table = tables.config_table(runs)
     for _, row in table.iterrows():
