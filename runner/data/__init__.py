@@ -6,9 +6,9 @@ loaders), mnist / folder / lfw / synthetic_signs / packed (formats), splits, sam
 augment. `python -m runner.data pack` is __main__.py.
 """
 
-from runner.data.image_set import ImageSet, drop_rare_classes, resize_uint8
-from runner.data.registry import check_data, dataset_names, load_dataset
-from runner.data.splits import Splits, split_dataset
+from runner.data.image_set import DataShape, ImageSet, drop_rare_classes, resize_uint8
+from runner.data.registry import check_data, dataset_names, describe_data, load_dataset
+from runner.data.splits import Splits, n_train_classes, split_dataset
 
-__all__ = ["ImageSet", "Splits", "check_data", "dataset_names", "drop_rare_classes", "load_dataset",
-           "resize_uint8", "split_dataset"]
+__all__ = ["DataShape", "ImageSet", "Splits", "check_data", "dataset_names", "describe_data", "drop_rare_classes",
+           "load_dataset", "n_train_classes", "resize_uint8", "split_dataset"]

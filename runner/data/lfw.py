@@ -10,7 +10,7 @@ import torch
 from sklearn.datasets import fetch_lfw_people
 
 from runner.config import ConfigError, DataConfig
-from runner.data.image_set import ImageSet
+from runner.data.image_set import DataShape, ImageSet
 from runner.data.paths import DEFAULT_SIZE, DOCS, one_line, root_dir
 
 
@@ -53,6 +53,14 @@ def _lfw_file_index(faces: Path, min_faces: int, people: np.ndarray) -> np.ndarr
     if any(kept[k][1].replace("_", " ") != name for k, name in zip(order, people)):
         return None
     return np.array([kept[k][0] for k in order], dtype=np.int64)
+
+
+def describe_lfw(cfg: DataConfig) -> DataShape:
+    """Colour faces of image_size (default 64); a person's images counted from their folder."""
+    _, faces = _lfw_home(cfg)
+    counts = [len(os.listdir(faces / p)) for p in sorted(os.listdir(faces)) if (faces / p).is_dir()]
+    size = cfg.image_size or DEFAULT_SIZE
+    return DataShape(3, size, size, tuple(counts))
 
 
 def load_lfw(cfg: DataConfig) -> ImageSet:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import numpy as np
 
-from runner.config import DataConfig
+from runner.config import ConfigError, DataConfig
 from runner.data.image_set import ImageSet
 
 
@@ -29,6 +29,24 @@ def _stratified(labels: np.ndarray, fraction: float, rng: np.random.Generator) -
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
+def n_train_classes(n_classes: int, cfg: DataConfig) -> int:
+    """Classes in the training split of a data set with n_classes (after rare ones are dropped).
+
+    class_disjoint holds out round(test_fraction · n) classes, at least 1, leaving at least 2
+    to train on; with fewer than 3 classes there is no such split: ConfigError.
+    """
+    if cfg.split == "stratified":
+        return n_classes
+    if n_classes < 3:
+        raise ConfigError("data.split", cfg.split, f"stratified: the data has {n_classes} classes, and "
+                          "class_disjoint needs at least 3 (2 to train on, 1 to test)")
+    return n_classes - _n_test_classes(n_classes, cfg.test_fraction)
+
+
+def _n_test_classes(n_classes: int, fraction: float) -> int:
+    return min(max(1, int(round(fraction * n_classes))), n_classes - 2)
+
+
 def split_dataset(ds: ImageSet, cfg: DataConfig) -> Splits:
     """Train/test (and optional validation) split from cfg.split_seed.
 
@@ -42,7 +60,7 @@ def split_dataset(ds: ImageSet, cfg: DataConfig) -> Splits:
         train_idx, test_idx = _stratified(labels, cfg.test_fraction, rng)
     else:
         classes = rng.permutation(np.unique(labels))
-        n_test = min(max(1, int(round(cfg.test_fraction * len(classes)))), len(classes) - 2)
+        n_test = len(classes) - n_train_classes(len(classes), cfg)
         test_mask = np.isin(labels, classes[:n_test])
         train_idx, test_idx = np.flatnonzero(~test_mask), np.flatnonzero(test_mask)
     if cfg.n_per_class is not None:
