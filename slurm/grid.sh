@@ -83,13 +83,16 @@ for ((i = 1; i < $#; i++)); do
     --out=*) OUT=${ARGS[i]#--out=} ;;
   esac
 done
-mkdir -p "$OUT/manifests" "$OUT/logs"
-OUT=$(cd "$OUT" && pwd)
+OUT=$(realpath -m "$OUT")   # absolute, and not created yet: a grid that fails its checks leaves nothing behind
 STAMP=$(date +%Y%m%d-%H%M%S)-${SLURM_JOB_ID:-$$}
 MANIFEST=$OUT/manifests/$STAMP.json
-PENDING_ARGS=(--array)
-[[ $MODE == packed ]] && PENDING_ARGS=(--pending)
-# validates every run first (exit 2 and a one-line reason: nothing is queued), then freezes them
+TPR=${GRID_TASKS_PER_RUN:-1}
+NPR=${GRID_NODES_PER_RUN:-1}
+PENDING_ARGS=(--array --tasks-per-run "$TPR")
+# array tasks get GRID_GPUS_PER_TASK GPUs per task; a packed step gets the allocation's (those visible here)
+[[ $MODE == array ]] && PENDING_ARGS+=(--gpus-per-run "$(( ${GRID_GPUS_PER_TASK:-0} * TPR ))")
+[[ $MODE == packed ]] && PENDING_ARGS=(--pending --tasks-per-run "$TPR")
+# checks every run first (exit 2 and a line per problem: nothing is queued, nothing created), then freezes them
 TODO=$("$PY" -m runner.grid "${ARGS[@]}" --write-manifest "$MANIFEST" "${PENDING_ARGS[@]}" \
        --max-parallel "${GRID_MAX_PARALLEL:-16}")
 if [[ -z "$TODO" ]]; then
@@ -97,6 +100,7 @@ if [[ -z "$TODO" ]]; then
   rm -f "$MANIFEST"
   exit 0
 fi
+mkdir -p "$OUT/logs"
 
 if [[ $MODE == array ]]; then
   if [[ -n "${SLURM_JOB_ID:-}" ]]; then
@@ -105,8 +109,6 @@ if [[ $MODE == array ]]; then
   else
     SELF=${BASH_SOURCE[0]}
   fi
-  TPR=${GRID_TASKS_PER_RUN:-1}
-  NPR=${GRID_NODES_PER_RUN:-1}
   GPU_ARGS=()
   [[ ${GRID_GPUS_PER_TASK:-0} -gt 0 ]] && GPU_ARGS=(--gpus-per-task="$GRID_GPUS_PER_TASK")
   read -r -a EXTRA <<< "${GRID_SBATCH_ARGS:-}"
@@ -126,8 +128,6 @@ if [[ -z "${SLURM_JOB_ID:-}" ]]; then
   exit 2
 fi
 # packed: srun steps of TPR tasks, as many at once as the allocation's tasks allow
-TPR=${GRID_TASKS_PER_RUN:-1}
-NPR=${GRID_NODES_PER_RUN:-1}
 SLOTS=$(( ${SLURM_NTASKS:-1} / TPR ))
 (( SLOTS >= 1 )) || { echo "allocation has ${SLURM_NTASKS:-1} tasks, a run needs $TPR" >&2; exit 2; }
 requeue_on_usr2 "$SLURM_JOB_ID"   # the requeued job writes a new manifest and resumes what is left

@@ -1,7 +1,9 @@
-"""Spec expansion, validation before submission, manifests, pending/retry, locks, grid.sh without SLURM."""
+"""Spec expansion, validation before submission, manifests, pending/retry, locks.
+
+grid.sh on the real cluster is tests/test_slurm.py's.
+"""
 
 import json
-import os
 import subprocess
 import textwrap
 
@@ -58,49 +60,6 @@ def test_one_bad_combination_exits_2_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("error: train.batch_size") and "grid" not in err.split("[in")[0]
     assert "[in variants[0]" in err
-
-
-def test_grid_sh_validates_before_queueing(tmp_path, subprocess_env):
-    """A bad spec: exit 2, no manifest, and sbatch is never called (a fake sbatch on PATH records calls)."""
-    calls = fake_sbatch(tmp_path, subprocess_env)
-    spec = write_spec(tmp_path, "grid: {train.batch_size: [32, 30]}\n")
-    out = tmp_path / "res"
-    p = subprocess.run(["bash", str(ROOT / "slurm/grid.sh"), str(spec), "--out", str(out)], env=subprocess_env,
-                       cwd=tmp_path, capture_output=True, text=True)
-    assert p.returncode == 2 and "train.batch_size" in p.stderr
-    assert not calls.exists() and not list((out / "manifests").glob("*.json"))
-
-
-def fake_sbatch(tmp_path, env: dict):
-    """Put an `sbatch` on PATH that records its arguments and prints a job id."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    calls = tmp_path / "sbatch-calls.txt"
-    (bindir / "sbatch").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >> {calls}\necho 4242\n')
-    (bindir / "sbatch").chmod(0o755)
-    env["PATH"] = f"{bindir}{os.pathsep}{env['PATH']}"
-    env["PYTHON"] = PYTHON
-    env.pop("SLURM_JOB_ID", None)
-    return calls
-
-
-def test_grid_sh_array_submits_exactly_the_pending_indices(tmp_path, subprocess_env):
-    calls = fake_sbatch(tmp_path, subprocess_env)
-    spec = write_spec(tmp_path, "grid: {embedding.dim: [4, 8, 16, 32]}\n")
-    out = tmp_path / "res"
-    runs = grid.expand_grid(grid.load_spec(spec))
-    fake_done(out, runs[1])
-    subprocess_env["GRID_MAX_PARALLEL"] = "3"
-    p = subprocess.run(["bash", str(ROOT / "slurm/grid.sh"), str(spec), "--out", str(out)], env=subprocess_env,
-                       cwd=tmp_path, capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
-    args = calls.read_text().splitlines()
-    assert "--array=0,2-3%3" in args and "--ntasks=1" in args and args[-1] == str(ROOT / "slurm/grid.sh")
-    assert f"--output={out}/logs/%A_%a.out" in args
-    manifest = next(a for a in args if a.startswith("--export=")).split("GRID_MANIFEST=")[1].split(",")[0]
-    frozen, data = grid.read_manifest(manifest)
-    assert [run_id(r) for r in frozen] == [run_id(r) for r in runs] and data["out"] == str(out)
-    assert "submitted array job 4242" in p.stdout
 
 
 def fake_done(out, cfg, status: str = "completed"):
@@ -177,3 +136,4 @@ def test_two_concurrent_launches_of_one_run_leave_one_valid_result(tmp_path, sub
     assert data["attrs"]["status"] == "completed"
     leftovers = [p.name for p in store.run_dir(out, run_id(runs[0])).iterdir() if p.name.endswith(".tmp")]
     assert not leftovers
+

@@ -1,4 +1,5 @@
-"""Real SLURM: grid.sh in array and packed mode, runner.submit, a 2-task DDP srun, a requeued run.
+"""Real SLURM: grid.sh in array and packed mode, its checks before queueing,
+runner.submit, a 2-task DDP srun, a preempted run.
 
 Needs the local cluster (tests/run.sh starts it with slurm/cluster.sh); skipped only
 where SLURM's commands are not installed. Runs are tiny (1–6 epochs of a width-8 CNN).
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 import textwrap
 import time
+import uuid
 
 import numpy as np
 import pytest
@@ -172,3 +174,24 @@ def test_preempted_run_requeues_resumes_and_matches_uninterrupted(tmp_path, slur
     for split in ("train", "test"):
         np.testing.assert_allclose(resumed["final"][split]["embeddings"], uninterrupted["final"][split]["embeddings"],
                                    atol=1e-6)
+
+
+def test_grid_sh_rejects_a_bad_grid_before_queueing(tmp_path, slurm_env):
+    """The real sbatch is on PATH: a grid with problems exits 2 with a line per problem, queues
+    no job (none of its name in the accounting) and creates no results directory."""
+    name = f"bad-{uuid.uuid4().hex[:8]}"
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(SPEC + "seeds: [0, 1]\n")
+    out = tmp_path / "res"
+    p = subprocess.run(["bash", str(ROOT / "slurm/grid.sh"), str(spec), "--out", str(out),
+                        "--set", "model.backbone=vgg16", "--set", "train.device=cuda"],
+                       env=slurm_env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stdout + p.stderr
+    lines = p.stderr.splitlines()
+    assert [line.split(":")[1].strip() for line in lines] == ["train.device", "data.image_size"], lines
+    assert all(line.endswith("[runs 0-3]") for line in lines) and "submitted" not in p.stdout
+    assert not out.exists()
+    jobs = subprocess.run(["sacct", "-n", "-X", "-P", "--name", f"dml-{name}", "-S", "now-1hour", "-o", "JobID"],
+                          capture_output=True, text=True).stdout
+    assert jobs.strip() == ""
+
