@@ -142,3 +142,16 @@ def test_min_steps_raises_epochs_of_tiny_data(tmp_path):
     result = run_one(cfg, tmp_path)
     steps = store.read_run(result["path"])["history"]["steps"]
     assert result["status"] == "completed" and len(steps["step"]) == 4 and list(steps["epoch"]) == [1, 2, 3, 4]
+
+
+def test_config_error_at_start_is_recorded_failed(tmp_path):
+    """Data that fails only once the run starts (gone since the checks): a failed run.h5 with the
+    reason, so status shows it and a relaunch skips it unless asked to retry failed runs."""
+    from runner.launch.many import pending, run_statuses
+    cfg = resolve(tiny_layer(), {"data": {"name": "mnist", "root": str(tmp_path / "mnist-gone")}})
+    result = run_one(cfg, tmp_path / "out", progress=False)
+    assert result["status"] == "failed" and "ConfigError: data.root" in result["error"]
+    attrs = store.read_attrs(store.run_path(tmp_path / "out", run_id(cfg)))
+    assert attrs["status"] == "failed" and attrs["error"].startswith("ConfigError: data.root")
+    assert run_statuses([cfg], tmp_path / "out") == ["failed"]
+    assert pending([cfg], tmp_path / "out") == [] and pending([cfg], tmp_path / "out", retry_failed=True) == [0]

@@ -1,8 +1,9 @@
 """One run's lifecycle: skip or lock, set up, train, then finish or fail; its files in store.
 
     run_one(cfg, out)
-      store.run_status / store.run_lock       skip a completed run; one process per run_id
-      setup(run)                              threads, device, process group, data, parts, checkpoint
+      dist.pick_device, init_process_group    every rank meets first
+      start_decision (rank 0, broadcast)      skip a completed run, or take the lock (one process per run_id)
+      setup(run, device)                      threads, data, parts, checkpoint
       engine.fit(..., on_epoch_end)           TensorBoard scalars and checkpoint.pt after every epoch
       finish(run, ...) / fail(run, ...)       run.h5 (+ model.pt, HParams, projector) or a failed run.h5
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import datetime
 import time
 import traceback
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -65,24 +66,72 @@ def run_one(cfg: RunConfig, out: str | Path, env: Optional[dist.DistEnv] = None,
             on_epoch: Optional[OnEpoch] = None, retry_failed: bool = True, record_stopped: bool = False) -> dict:
     """Train (or resume, or skip) one run and write its run.h5. Returns a summary dict.
 
+    Every rank takes the same decision: the ranks meet in the process group first, then rank 0
+    checks the status, takes the lock, checks again and tells the others (start_decision), so
+    no rank ever waits for a rank that skipped the run. A config or data problem found once the
+    run is under its lock is recorded as a `failed` run.h5 with the reason.
     on_epoch may return True to end the run as `stopped` (run.h5 written, stopped_epoch set).
     record_stopped writes that `stopped` run.h5 before every on_epoch call, for schedulers
     (Ray Tune's ASHA) that may end the process inside the callback; the final write replaces it.
-    Raises store.RunLocked when another process trains the same run_id in `out`.
+    Raises store.RunLocked (on every rank) when another process trains the same run_id in `out`,
+    and ConfigError (every rank) when `out` is not writable.
     """
     env = env or dist.from_environ()
     run = Run(cfg, run_id(cfg), store.run_dir(out, run_id(cfg)), env)
-    if _is_done(run, retry_failed):
-        return run.summary(store.run_status(run.path), skipped=True)
-    if env.is_main:
+    try:
+        device = dist.pick_device(cfg.train.device, env)
+    except ConfigError as exc:  # decided alike on every rank of a node, before any of them waits for another
+        return _failed_before_start(run, out, exc, retry_failed)
+    created = dist.init_process_group(env, device)
+    try:
+        with ExitStack() as held:  # rank 0 holds the run's lock in here while it trains
+            kind, detail = dist.broadcast_object(start_decision(run, out, retry_failed, held) if env.is_main
+                                                 else None, env)
+            if kind == "locked":
+                raise store.RunLocked(detail)
+            if kind == "config_error":
+                raise ConfigError(*detail)
+            if kind == "error":
+                raise RuntimeError(detail)
+            if kind == "skip":
+                return run.summary(detail, skipped=True)
+            progress = dist.is_tty() and env.is_main if progress is None else progress
+            return _train(run, device, progress, stop_after_epochs, on_epoch, record_stopped)
+    finally:
+        if created:  # a process group someone else made (Ray Train's) stays theirs
+            dist.teardown()
+
+
+def start_decision(run: Run, out: str | Path, retry_failed: bool, held: ExitStack) -> tuple[str, object]:
+    """Rank 0's decision, shared with every rank: (skip, status), (locked, message),
+    (config_error, (key, value, expected)), (error, message) or (train, None) with the lock in `held`."""
+    try:
+        if _is_done(run, retry_failed):
+            return "skip", store.run_status(run.path)
         store.check_writable(out)  # a clear error before training, not a traceback at the first write
-    with store.run_lock(run.dir) if env.is_main else nullcontext():
+        held.enter_context(store.run_lock(run.dir))
         if _is_done(run, retry_failed):  # another launch may have finished it between the check and the lock
-            return run.summary(store.run_status(run.path), skipped=True)
-        if env.is_main:
-            store.remove_stale_temporaries(run.dir)
-        progress = dist.is_tty() and env.is_main if progress is None else progress
-        return _train(run, progress, stop_after_epochs, on_epoch, record_stopped)
+            return "skip", store.run_status(run.path)
+        store.remove_stale_temporaries(run.dir)
+        return "train", None
+    except store.RunLocked as exc:
+        return "locked", str(exc)
+    except ConfigError as exc:
+        return "config_error", (exc.key, exc.value, exc.expected)
+    except Exception as exc:  # anything else too: the other ranks must not wait for a rank 0 that gave up
+        return "error", f"{type(exc).__name__}: {exc}"
+
+
+def _failed_before_start(run: Run, out: str | Path, exc: ConfigError, retry_failed: bool) -> dict:
+    """A run that cannot start here (train.device is cuda on a node without one): a failed run.h5 (rank 0)."""
+    if run.env.is_main and not _is_done(run, retry_failed):
+        try:
+            with store.run_lock(run.dir):
+                run.attrs = {"seed": run.cfg.seed, "start_time": _now()}
+                return fail(run, engine.TrainState(), exc)
+        except store.RunLocked:
+            pass  # the process that holds it is training it somewhere that can
+    return run.summary("failed", error=f"{type(exc).__name__}: {exc}")
 
 
 def _is_done(run: Run, retry_failed: bool) -> bool:
@@ -90,12 +139,12 @@ def _is_done(run: Run, retry_failed: bool) -> bool:
     return status == "completed" or (status == "failed" and not retry_failed)
 
 
-def _train(run: Run, progress: bool, stop_after_epochs: Optional[int], on_epoch: Optional[OnEpoch],
-           record_stopped: bool) -> dict:
+def _train(run: Run, device: torch.device, progress: bool, stop_after_epochs: Optional[int],
+           on_epoch: Optional[OnEpoch], record_stopped: bool) -> dict:
     run.attrs = {"seed": run.cfg.seed, "start_time": _now(), **provenance(run.env)}
     state, logger = engine.TrainState(), None
     try:
-        parts, state = setup(run)
+        parts, state = setup(run, device)
         logger = TBLogger(run.dir / "tb") if run.env.is_main else None
         stop_at = state.epoch + stop_after_epochs if stop_after_epochs else None
         callback = epoch_end(run, parts, logger, len(state.steps["step"]), stop_at, on_epoch, record_stopped)
@@ -108,24 +157,21 @@ def _train(run: Run, progress: bool, stop_after_epochs: Optional[int], on_epoch:
                 write_stopped(run, state)
             return run.summary(STOPPED, epoch=state.epoch)
         return finish(run, state, parts, logger, time.perf_counter() - t0)
-    except (ConfigError, KeyboardInterrupt):
+    except KeyboardInterrupt:
         raise
-    except Exception as exc:  # recorded as a failed run; the grid goes on
+    except Exception as exc:  # a ConfigError of the data or the model too: recorded as failed; the grid goes on
         return fail(run, state, exc)
     finally:
         if logger is not None:
             logger.close()
-        dist.teardown()
 
 
-def setup(run: Run) -> tuple[Parts, engine.TrainState]:
-    """Threads, device and process group; the data (run.splits); the parts; the checkpoint's state."""
+def setup(run: Run, device: torch.device) -> tuple[Parts, engine.TrainState]:
+    """Threads and determinism; the data (run.splits); the parts on `device`; the checkpoint's state."""
     t = run.cfg.train
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     torch.use_deterministic_algorithms(t.deterministic, warn_only=True)
-    device = dist.pick_device(t.device, run.env)
-    dist.init_process_group(run.env, device)
     run.attrs["hosts"] = dist.gather_hosts(run.env)  # a rank per host on multi-node runs
     run.splits, policy = prepare_data(run.cfg.data)
     parts = build_run_parts(run.cfg, run.splits, policy, run.env, device)
@@ -192,7 +238,7 @@ def fail(run: Run, state: engine.TrainState, exc: Exception) -> dict:
     """Record a failed run.h5 with the reason (rank 0); a write that fails too is reported with it."""
     error = f"{type(exc).__name__}: {exc}"
     if run.env.is_main:
-        extra = {"error": error, "traceback": traceback.format_exc(limit=20), "end_time": _now()}
+        extra = {"error": error, "traceback": "".join(traceback.format_exception(exc, limit=20)), "end_time": _now()}
         if isinstance(exc, engine.NonFiniteLoss):
             extra.update(failed_epoch=exc.epoch, failed_step=exc.step)
         try:
