@@ -1,7 +1,9 @@
 """DDP per run: rank/world from torchrun, srun or submitit, and 2 gloo ranks == 1 rank × 2 batch."""
 
 import socket
+import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,8 +11,8 @@ import torch.multiprocessing as mp
 
 from runner import dist, store
 from runner.config import run_id
-from runner.spec import resolve
-from tests.conftest import tiny_layer
+from runner.spec import load_config, resolve
+from tests.conftest import PYTHON, tiny_layer
 
 
 def test_from_environ_torchrun_wins():
@@ -138,3 +140,29 @@ def test_locked_and_completed_runs_end_every_rank_at_once(tmp_path):
         assert rows[1]["skipped"] and all(r["seconds"] < 30 for r in rows), (rank, rows)
     assert store.run_status(store.run_path(out, run_id(locked))) is None  # nothing trained it
 
+
+def _spawn_rank(rank: int, cfg, out: str, port: int) -> None:
+    from runner.launch.run import run_one
+    result = run_one(cfg, out, dist.DistEnv(rank, rank, 2, "127.0.0.1", port, "test"), progress=False)
+    assert result["status"] == "completed", result
+
+
+def test_torchrun_two_gloo_ranks_equal_the_spawned_ranks(tmp_path, subprocess_env):
+    """A real `torchrun --nproc-per-node 2 -m runner.train` (ranks from RANK/WORLD_SIZE, gloo) trains
+    the run the 2 spawned ranks train, to the last bit."""
+    sets = ["model.width=8", "model.norm=group", "embedding.dim=8", "train.epochs=2", "train.batch_size=16",
+            "train.num_threads=1", "data.augment=none"]
+    cfg = load_config(None, sets)  # as runner.train resolves them
+    torchrun = Path(PYTHON).with_name("torchrun")  # the venv's console script (torch.distributed.run)
+    p = subprocess.run([str(torchrun), "--nproc-per-node", "2", "--master-port", str(free_port()), "-m", "runner.train",
+                        "--out", str(tmp_path / "torchrun"), *[a for s in sets for a in ("--set", s)]],
+                       cwd=tmp_path, env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    assert p.stdout.count("completed") == 1  # rank 0 reports, once
+    spawn_and_wait(_spawn_rank, (cfg, str(tmp_path / "spawn"), free_port()), 300)
+    a = store.read_run(store.run_path(tmp_path / "torchrun", run_id(cfg)), epochs=True)
+    b = store.read_run(store.run_path(tmp_path / "spawn", run_id(cfg)), epochs=True)
+    assert a["attrs"]["launcher"] == "torchrun" and a["attrs"]["world_size"] == b["attrs"]["world_size"] == 2
+    np.testing.assert_array_equal(a["history"]["steps"]["loss"], b["history"]["steps"]["loss"])
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(a["final"][split]["embeddings"], b["final"][split]["embeddings"])
