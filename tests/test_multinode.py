@@ -102,6 +102,7 @@ def test_submitit_with_two_nodes_per_run(tmp_path, slurm_env):
         assert attrs["hosts"] == ["node1", "node2"] and attrs["world_size"] == 2
 
 
+@pytest.mark.ray
 def test_tune_sh_starts_ray_on_both_nodes(tmp_path, slurm_env):
     """Head on node1, a worker on node2; trials land on both and write to the one shared store."""
     spec = {"name": "t", **tiny_layer(epochs=2), "search": {"loss.margin": {"uniform": [0.05, 0.4]}},
