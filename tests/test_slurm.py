@@ -74,6 +74,7 @@ def assert_all_completed(out, runs):
     assert grid.run_statuses(runs, out) == ["completed"] * len(runs)
 
 
+@pytest.mark.timeout(1000)  # three jobs of up to 300 s each
 def test_grid_sh_array_mode_then_nothing_to_do(tmp_path, slurm_env):
     spec, runs = make_spec(tmp_path)
     out = tmp_path / "res"
