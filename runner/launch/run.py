@@ -72,7 +72,7 @@ def run_one(cfg: RunConfig, out: str | Path, env: Optional[dist.DistEnv] = None,
     run is under its lock is recorded as a `failed` run.h5 with the reason.
     on_epoch may return True to end the run as `stopped` (run.h5 written, stopped_epoch set).
     record_stopped writes that `stopped` run.h5 before every on_epoch call, for schedulers
-    (Ray Tune's ASHA) that may end the process inside the callback; the final write replaces it.
+    (Ray Tune's ASHA) that may end the process inside the callback.
     Raises store.RunLocked (on every rank) when another process trains the same run_id in `out`,
     and ConfigError (every rank) when `out` is not writable.
     """
@@ -153,7 +153,7 @@ def _train(run: Run, device: torch.device, progress: bool, stop_after_epochs: Op
         if state.stop_reason == INTERRUPTED:
             return run.summary(INTERRUPTED, epoch=state.epoch)
         if state.stop_reason == STOPPED:
-            if run.env.is_main:
+            if run.env.is_main and not record_stopped:  # with record_stopped it is on disk already
                 write_stopped(run, state)
             return run.summary(STOPPED, epoch=state.epoch)
         return finish(run, state, parts, logger, time.perf_counter() - t0)
