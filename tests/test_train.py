@@ -70,10 +70,17 @@ def test_tensorboard_events_read_back(finished):
     tags = acc.Tags()["scalars"]
     assert {"step/loss", "step/active_fraction", "epoch/knn1", "epoch/map_at_r"} <= set(tags)
     assert [e.step for e in acc.Scalars("epoch/knn1")] == [0, 1, 2, 3]
+    from tensorboard.plugins.hparams import plugin_data_pb2
     hp = EventAccumulator(str(tb / "hparams"))
     hp.Reload()
     assert "hparam/knn1" in hp.Tags()["scalars"]
-    assert "hparams" in hp.PluginTagToContent("hparams") or hp.PluginTagToContent("hparams")
+    content = {tag: plugin_data_pb2.HParamsPluginData.FromString(raw)
+               for tag, raw in hp.PluginTagToContent("hparams").items()}
+    assert set(content) == {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"}
+    start = content["_hparams_/session_start_info"].session_start_info.hparams
+    assert start["loss.name"].string_value == cfg.loss.name and start["embedding.dim"].number_value == 8
+    metrics = [m.name.tag for m in content["_hparams_/experiment"].experiment.metric_infos]
+    assert "hparam/knn1" in metrics and "hparam/map_at_r" in metrics
     projector = (tb / "projector_config.pbtxt").read_text()
     assert "metadata.tsv" in projector and "sprite.png" in projector
     meta = next(tb.glob("*/test_embeddings/metadata.tsv")).read_text().splitlines()
