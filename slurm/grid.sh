@@ -24,7 +24,8 @@
 #   GRID_GPUS_PER_TASK    GPUs per task in array mode (default 0: CPU-only; set 1 on GPU partitions)
 #   GRID_SBATCH_ARGS      extra sbatch arguments for the array, e.g. "--partition=gpu --time=04:00:00"
 #
-# Logs: DIR/logs/<array job>_<index>.out (array), DIR/logs/<job>-run<index>.out (packed),
+# Logs: DIR/logs/<array job>_<index>.out (array), DIR/logs/<job>-run<index>.out (packed), appended to
+# by a requeued task, so a log keeps every attempt;
 # this job's own log in the submit directory (slurm-<job>.out). Results: DIR/runs/<run_id>/.
 
 #SBATCH --job-name=dml-grid
@@ -113,7 +114,7 @@ if [[ $MODE == array ]]; then
   [[ ${GRID_GPUS_PER_TASK:-0} -gt 0 ]] && GPU_ARGS=(--gpus-per-task="$GRID_GPUS_PER_TASK")
   read -r -a EXTRA <<< "${GRID_SBATCH_ARGS:-}"
   sbatch --parsable --array="$TODO" --nodes="$NPR" --ntasks="$TPR" "${GPU_ARGS[@]}" "${EXTRA[@]}" \
-    --job-name="dml-$(basename "$1" .yaml)" --output="$OUT/logs/%A_%a.out" \
+    --job-name="dml-$(basename "$1" .yaml)" --output="$OUT/logs/%A_%a.out" --open-mode=append \
     --export=ALL,GRID_MANIFEST="$MANIFEST",PYTHON="$PY" "$SELF" \
     | { read -r JOB; echo "submitted array job $JOB --array=$TODO ($MANIFEST)"; }
   exit 0
@@ -140,7 +141,7 @@ for idx in "${INDICES[@]}"; do
     wait -n || FAILED=$((FAILED + 1))
     running=$((running - 1))
   fi
-  srun --exact -N "$NPR" -n "$TPR" --kill-on-bad-exit=1 --output="$OUT/logs/${SLURM_JOB_ID}-run${idx}.out" \
+  srun --exact -N "$NPR" -n "$TPR" --kill-on-bad-exit=1 --output="$OUT/logs/${SLURM_JOB_ID}-run${idx}.out" --open-mode=append \
     "$PY" -u -m runner.grid --manifest "$MANIFEST" --run-index "$idx" &
   running=$((running + 1))
 done
