@@ -27,7 +27,10 @@ def command(main: Callable[[Optional[list[str]]], int]) -> Callable[[Optional[li
     @functools.wraps(main)
     def wrapper(argv: Optional[list[str]] = None, **kwargs) -> int:
         try:
-            return main(argv, **kwargs)
+            code = main(argv, **kwargs)
+            # a listing sits in stdout's buffer until exit: flush it here, where a closed pipe is caught
+            sys.stdout.flush()
+            return code
         except ConfigError as exc:
             for line in str(exc).splitlines():  # ConfigErrors: one line per distinct problem
                 print(f"error: {line}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Spec expansion, validation before submission, manifests, pending/retry, locks.
+"""Spec expansion, validation before submission, manifests, pending/retry, locks, listings into a closed pipe.
 
 grid.sh on the real cluster is tests/test_slurm.py's.
 """
@@ -137,3 +137,21 @@ def test_two_concurrent_launches_of_one_run_leave_one_valid_result(tmp_path, sub
     leftovers = [p.name for p in store.run_dir(out, run_id(runs[0])).iterdir() if p.name.endswith(".tmp")]
     assert not leftovers
 
+
+def test_list_into_a_closed_pipe_ends_quietly(tmp_path, subprocess_env):
+    """`runner.grid SPEC --list | head -1` and `| true`: a listing cut short by the reader, once while
+    printing (1,000 runs, ~100 kB: more than a pipe holds), once at the exit's flush (a reader that
+    never reads). Both end without a BrokenPipeError traceback."""
+    big = write_spec(tmp_path, "grid: {embedding.dim: [4, 8, 16, 32, 64], train.lr: [0.001, 0.002, 0.003, 0.004, "
+                               "0.005, 0.006, 0.007, 0.008, 0.009, 0.01], loss.margin: [0.1, 0.2, 0.3, 0.4]}\n"
+                               "seeds: [0, 1, 2, 3, 4]\n", name="big.yaml")
+    small = write_spec(tmp_path, "grid: {embedding.dim: [4, 8]}\n", name="small.yaml")
+    cmds = [f"{PYTHON} -m runner.grid {big} --list --out {tmp_path / 'res'} | head -1",
+            f"{PYTHON} -m runner.grid {small} --list --out {tmp_path / 'res'} | true"]
+    procs = [subprocess.Popen(["bash", "-o", "pipefail", "-c", c], env=subprocess_env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]
+    (out_big, err_big), (out_small, err_small) = [p.communicate(timeout=300) for p in procs]
+    assert out_big.count("\n") == 1 and " missing " in out_big and out_small == "", (out_big, out_small)
+    assert err_big == "" and err_small == "", err_big + err_small
+    # cut short: exit 1, not 0 (with pipefail the pipeline reports the listing's code), and quietly
+    assert [p.returncode for p in procs] == [1, 1]
