@@ -19,7 +19,7 @@ def add_set_option(parser: argparse.ArgumentParser, help: str = "override, e.g. 
 
 
 def command(main: Callable[[Optional[list[str]]], int]) -> Callable[[Optional[list[str]]], int]:
-    """Wrap a command's main(): a ConfigError prints `error: <key>: ...` and returns 2.
+    """Wrap a command's main(): a ConfigError prints `error: <key>: ...` (a line per problem) and returns 2.
 
     A closed stdout (`... --list | head`) ends the command quietly instead of with a
     BrokenPipeError traceback.
@@ -27,9 +27,13 @@ def command(main: Callable[[Optional[list[str]]], int]) -> Callable[[Optional[li
     @functools.wraps(main)
     def wrapper(argv: Optional[list[str]] = None, **kwargs) -> int:
         try:
-            return main(argv, **kwargs)
+            code = main(argv, **kwargs)
+            # a listing sits in stdout's buffer until exit: flush it here, where a closed pipe is caught
+            sys.stdout.flush()
+            return code
         except ConfigError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            for line in str(exc).splitlines():  # ConfigErrors: one line per distinct problem
+                print(f"error: {line}", file=sys.stderr)
             return USAGE_ERROR
         except BrokenPipeError:
             # point stdout at /dev/null so the interpreter's final flush does not fail again

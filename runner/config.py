@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import re
@@ -29,6 +30,27 @@ class ConfigError(ValueError):
             key = repr(key)
         self.key, self.value, self.expected = key, value, expected
         super().__init__(f"{key}: got {value!r}, expected {expected}")
+
+
+class ConfigErrors(ConfigError):
+    """Several distinct problems (a grid's runs): one ConfigError line each, the first one's key.
+
+    A command prints every line as `error: <line>` and exits 2.
+    """
+
+    def __init__(self, errors: list[ConfigError]):
+        first = errors[0]
+        super().__init__(first.key, first.value, first.expected)
+        self.errors = list(errors)
+        self.args = ("\n".join(str(e) for e in self.errors),)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+    @staticmethod
+    def of(errors: list[ConfigError]) -> ConfigError:
+        """The one error itself, or a ConfigErrors of several."""
+        return errors[0] if len(errors) == 1 else ConfigErrors(errors)
 
 
 def suggest(name: Any, choices) -> str:
@@ -282,11 +304,17 @@ def _describe(tp: Any) -> str:
     return _TYPE_WORDS.get(tp, str(tp))
 
 
+@functools.lru_cache(maxsize=None)
+def _type_hints(cls: type) -> dict:
+    # evaluating the string annotations costs more than the rest of building a config
+    return typing.get_type_hints(cls)
+
+
 def build(cls: type, data: Any, prefix: str = "") -> Any:
     """A config dataclass from a nested dict, type-checked field by field (one-line ConfigError)."""
     if not isinstance(data, dict):
         raise ConfigError(prefix.rstrip(".") or "config", data, "a mapping")
-    hints = typing.get_type_hints(cls)
+    hints = _type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in data.items():
@@ -324,9 +352,14 @@ def identity(cfg: RunConfig) -> dict:
     a change of thread count. A default that changes moves the ids of runs that rely on it
     (tests/test_run_ids.py pins the ids of jobs/*.yaml, so such a change is seen).
     """
-    default = flatten(type(cfg)().to_dict())
+    default = _default_flat()
     return {k: v for k, v in flatten(cfg.to_dict()).items()
             if k not in EXECUTION_ONLY and (k not in default or v != default[k])}
+
+
+@functools.lru_cache(maxsize=1)
+def _default_flat() -> dict:
+    return flatten(RunConfig().to_dict())
 
 
 def canonical_json(cfg: RunConfig) -> str:

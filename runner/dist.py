@@ -15,10 +15,12 @@ import socket
 import sys
 import zlib
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 import torch.distributed as tdist
+
+from runner.config import ConfigError
 
 
 @dataclass(frozen=True)
@@ -83,24 +85,35 @@ def slurm_job() -> dict:
 
 
 def pick_device(requested: str, env: DistEnv) -> torch.device:
-    """auto: the local rank's GPU when CUDA is available, else CPU."""
+    """auto: the local rank's GPU when CUDA is available, else CPU; ConfigError for cuda without one."""
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device is cuda but no CUDA device is visible")
+            raise ConfigError("train.device", requested, f"cpu or auto: no CUDA device is visible on {hostname()}")
         return torch.device("cuda", env.local_rank % torch.cuda.device_count())
     return torch.device("cpu")
 
 
-def init_process_group(env: DistEnv, device: torch.device, timeout_s: int = 600) -> None:
-    """nccl on GPU, gloo on CPU; a no-op for a single process."""
+def init_process_group(env: DistEnv, device: torch.device, timeout_s: int = 600) -> bool:
+    """nccl on GPU, gloo on CPU; True when this call made the group (a no-op for one process,
+    or when one exists already, e.g. Ray Train's)."""
     if not env.distributed or tdist.is_initialized():
-        return
+        return False
     if device.type == "cuda":
         torch.cuda.set_device(device)
     tdist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                              init_method=f"tcp://{env.master_addr}:{env.master_port}",
                              rank=env.rank, world_size=env.world_size,
                              timeout=datetime.timedelta(seconds=timeout_s))
+    return True
+
+
+def broadcast_object(obj: Any, env: DistEnv) -> Any:
+    """Rank 0's `obj` on every rank (pickled; small objects only); `obj` itself for one process."""
+    if not env.distributed or not tdist.is_initialized():
+        return obj
+    box = [obj]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def gather_hosts(env: DistEnv) -> list:

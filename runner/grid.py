@@ -19,12 +19,13 @@ from typing import Optional
 
 from runner.cli import add_set_option, command
 from runner.config import ConfigError, RunConfig, flatten, run_id
+from runner import dist
 from runner.launch.arrays import manifest_plan, plan_lines, plan_submission, record_grid_submission
 from runner.launch.estimate import estimate_lines
 from runner.launch.many import array_ranges, check_indices, pending, run_indices, run_statuses, varying_keys
 from runner.launch.pool import plan_jobs, run_parallel
-from runner.launch.validate import validate_run
-from runner.spec import expand_grid, load_spec, read_manifest, write_manifest
+from runner.launch.validate import Placement, expand_checked
+from runner.spec import expand_grid, load_spec, read_manifest, write_manifest  # noqa: F401 (grid.expand_grid)
 
 
 @command
@@ -50,6 +51,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--threads-per-run", type=int, default=None,
                    help="with --jobs: torch threads of each run (default: train.num_threads, else CPUs / N)")
     add_array_options(p)
+    p.add_argument("--tasks-per-run", type=int, default=None,
+                   help="for the checks: DDP ranks each run will have (default: this process's; grid.sh passes it)")
+    p.add_argument("--gpus-per-run", type=int, default=None,
+                   help="for the checks: GPUs each run will have (default: those visible here; grid.sh passes it)")
     args = p.parse_args(argv)
     if args.record_submission:
         record_grid_submission(args.manifest, args.record_submission, args.command, args.kind)
@@ -135,7 +140,10 @@ def task_indices(manifest: Optional[str], task: int) -> list[int]:
 
 
 def load_runs(args: argparse.Namespace) -> tuple[list[RunConfig], str, bool]:
-    """The runs, results directory and retry flag from a spec (+ --set) or a manifest."""
+    """The runs, results directory and retry flag from a spec (+ --set), all checked, or a manifest.
+
+    A manifest's runs were checked when it was written; an array task does not check them again.
+    """
     if args.manifest:
         if args.spec or args.set:
             raise ConfigError("--manifest", args.manifest, "no spec and no --set (its runs are already resolved)")
@@ -143,7 +151,8 @@ def load_runs(args: argparse.Namespace) -> tuple[list[RunConfig], str, bool]:
         return runs, args.out or data["out"], args.retry_failed or data["retry_failed"]
     if not args.spec:
         raise ConfigError("spec", None, "a jobs/*.yaml file or --manifest FILE")
-    return expand_grid(load_spec(args.spec, args.set), check=validate_run), args.out or "results", args.retry_failed
+    placement = Placement(ranks=args.tasks_per_run or dist.from_environ().world_size, gpus=args.gpus_per_run)
+    return expand_checked(load_spec(args.spec, args.set), placement), args.out or "results", args.retry_failed
 
 
 def list_runs(runs: list[RunConfig], out: str) -> int:

@@ -22,9 +22,9 @@ from runner.launch.many import pending
 from runner.launch.arrays import submission_groups, submitit_limits
 from runner.launch.revision import submission_provenance
 from runner.launch.submitit_jobs import make_executor, run_groups, submit_runs, tasks_per_run
+from runner.launch.validate import Placement, expand_checked
+from runner.spec import load_spec
 from runner.store import submissions
-from runner.launch.validate import validate_run
-from runner.spec import expand_grid, load_spec
 
 
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
@@ -66,7 +66,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
 @command
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
-    runs = expand_grid(load_spec(args.spec, args.set), check=validate_run)  # all validated before anything is queued
+    # every run checked before anything is queued, against the ranks and GPUs each will get
+    gpus = args.gpus_per_run if args.executor != "debug" else None  # debug trains here, on what is here
+    placement = Placement(ranks=tasks_per_run(args), gpus=gpus)
+    runs = expand_checked(load_spec(args.spec, args.set), placement)
     todo = pending(runs, args.out, args.retry_failed)
     if not todo:
         print(f"nothing to do: all {len(runs)} runs of {args.spec} are done in {args.out}")

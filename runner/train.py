@@ -15,8 +15,9 @@ from typing import Optional
 from runner import dist
 from runner.cli import add_set_option, command
 from runner.config import run_id
-from runner.launch.run import format_result, run_one
-from runner.launch.validate import validate_run
+from runner.launch.run import run_one
+from runner.launch.summary import format_result
+from runner.launch.validate import Placement, validate_run
 from runner.spec import load_config
 from runner.store import RunLocked
 
@@ -33,7 +34,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.print_config:
         print(json.dumps({"run_id": run_id(cfg), **cfg.to_dict()}, indent=2))
         return 0
-    validate_run(cfg)  # loss/miner pairing and data location: before a run directory exists
+    # every check of a grid's runs (data files, model × image size, weights, device), before a run directory exists
+    validate_run(cfg, Placement(ranks=dist.from_environ().world_size))
     try:
         result = run_one(cfg, args.out)
     except RunLocked as exc:

@@ -34,7 +34,8 @@
 #   GRID_GPUS_PER_TASK    GPUs per task in array mode (default 0: CPU-only; set 1 on GPU partitions)
 #   GRID_SBATCH_ARGS      extra sbatch arguments for the array, e.g. "--partition=gpu --time=04:00:00"
 #
-# Logs: DIR/logs/<array job>_<index>.out (array), DIR/logs/<job>-run<index>.out (packed),
+# Logs: DIR/logs/<array job>_<index>.out (array), DIR/logs/<job>-run<index>.out (packed), appended to
+# by a requeued task, so a log keeps every attempt;
 # this job's own log in the submit directory (slurm-<job>.out). Results: DIR/runs/<run_id>/.
 
 #SBATCH --job-name=dml-grid
@@ -94,18 +95,21 @@ for ((i = 1; i < $#; i++)); do
     --out=*) OUT=${ARGS[i]#--out=} ;;
   esac
 done
-mkdir -p "$OUT/manifests" "$OUT/logs"
-OUT=$(cd "$OUT" && pwd)
+OUT=$(realpath -m "$OUT")   # absolute, and not created yet: a grid that fails its checks leaves nothing behind
 STAMP=$(date +%Y%m%d-%H%M%S)-${SLURM_JOB_ID:-$$}
 MANIFEST=$OUT/manifests/$STAMP.json
+TPR=${GRID_TASKS_PER_RUN:-1}
+NPR=${GRID_NODES_PER_RUN:-1}
 PENDING_ARGS=(--plan-arrays --runs-per-task "${GRID_RUNS_PER_TASK:-1}" --max-array-size "${GRID_MAX_ARRAY_SIZE:-0}"
               --time-factor "${GRID_TIME_FACTOR:-2}" --mem-factor "${GRID_MEM_FACTOR:-2}"
-              --max-attempts "${GRID_MAX_ATTEMPTS:-5}")
+              --max-attempts "${GRID_MAX_ATTEMPTS:-5}" --tasks-per-run "$TPR")
 for arg in ${GRID_SBATCH_ARGS:-}; do   # the partition whose MaxTime caps a longer --time
   [[ $arg == --partition=* ]] && PENDING_ARGS+=(--partition "${arg#--partition=}")
 done
-[[ $MODE == packed ]] && PENDING_ARGS=(--pending)
-# validates every run first (exit 2 and a one-line reason: nothing is queued), then freezes them
+# array tasks get GRID_GPUS_PER_TASK GPUs per task; a packed step gets the allocation's (those visible here)
+[[ $MODE == array ]] && PENDING_ARGS+=(--gpus-per-run "$(( ${GRID_GPUS_PER_TASK:-0} * TPR ))")
+[[ $MODE == packed ]] && PENDING_ARGS=(--pending --tasks-per-run "$TPR")
+# checks every run first (exit 2 and a line per problem: nothing is queued, nothing created), then freezes them
 TODO=$("$PY" -m runner.grid "${ARGS[@]}" --write-manifest "$MANIFEST" "${PENDING_ARGS[@]}" \
        --max-parallel "${GRID_MAX_PARALLEL:-16}")
 COMMAND="slurm/grid.sh $*"
@@ -114,6 +118,7 @@ if [[ -z "$TODO" ]]; then
   rm -f "$MANIFEST"
   exit 0
 fi
+mkdir -p "$OUT/logs"
 
 if [[ $MODE == array ]]; then
   if [[ -n "${SLURM_JOB_ID:-}" ]]; then
@@ -122,8 +127,6 @@ if [[ $MODE == array ]]; then
   else
     SELF=${BASH_SOURCE[0]}
   fi
-  TPR=${GRID_TASKS_PER_RUN:-1}
-  NPR=${GRID_NODES_PER_RUN:-1}
   GPU_ARGS=()
   [[ ${GRID_GPUS_PER_TASK:-0} -gt 0 ]] && GPU_ARGS=(--gpus-per-task="$GRID_GPUS_PER_TASK")
   read -r -a EXTRA <<< "${GRID_SBATCH_ARGS:-}"
@@ -133,7 +136,7 @@ if [[ $MODE == array ]]; then
   while read -r OFFSET RANGE MORE; do
     read -r -a MORE_ARGS <<< "$MORE"
     if ! JOB=$(sbatch --parsable --array="$RANGE" --nodes="$NPR" --ntasks="$TPR" "${GPU_ARGS[@]}" "${EXTRA[@]}" \
-               "${MORE_ARGS[@]}" --job-name="dml-$(basename "$1" .yaml)" --output="$OUT/logs/%A_%a.out" \
+               "${MORE_ARGS[@]}" --job-name="dml-$(basename "$1" .yaml)" --output="$OUT/logs/%A_%a.out" --open-mode=append \
                --export=ALL,GRID_MANIFEST="$MANIFEST",GRID_TASK_OFFSET="$OFFSET",PYTHON="$PY" "$SELF"); then
       (( ${#SUBMITTED[@]} )) && record   # what was queued before the refusal is still recorded
       echo "sbatch refused the array at offset $OFFSET; ${#SUBMITTED[@]} array(s) were submitted" >&2
@@ -156,8 +159,6 @@ if [[ -z "${SLURM_JOB_ID:-}" ]]; then
   exit 2
 fi
 # packed: srun steps of TPR tasks, as many at once as the allocation's tasks allow
-TPR=${GRID_TASKS_PER_RUN:-1}
-NPR=${GRID_NODES_PER_RUN:-1}
 SLOTS=$(( ${SLURM_NTASKS:-1} / TPR ))
 (( SLOTS >= 1 )) || { echo "allocation has ${SLURM_NTASKS:-1} tasks, a run needs $TPR" >&2; exit 2; }
 requeue_on_usr2 "$SLURM_JOB_ID"   # the requeued job writes a new manifest and resumes what is left
@@ -171,7 +172,7 @@ for idx in "${INDICES[@]}"; do
     wait -n || FAILED=$((FAILED + 1))
     running=$((running - 1))
   fi
-  srun --exact -N "$NPR" -n "$TPR" --kill-on-bad-exit=1 --output="$OUT/logs/${SLURM_JOB_ID}-run${idx}.out" \
+  srun --exact -N "$NPR" -n "$TPR" --kill-on-bad-exit=1 --output="$OUT/logs/${SLURM_JOB_ID}-run${idx}.out" --open-mode=append \
     "$PY" -u -m runner.grid --manifest "$MANIFEST" --run-index "$idx" &
   running=$((running + 1))
 done

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from runner.config import ConfigError, DataConfig
-from runner.data import load_dataset, split_dataset
+from runner.data import describe_data, load_dataset, n_train_classes, split_dataset
 from runner.data.lfw import LFW_PAIR_FILES
 from runner.data.mnist import read_idx
 from runner.data.__main__ import main as pack_main
@@ -163,7 +163,8 @@ def test_folder_labels_names_and_resize(tmp_path):
 
 def test_folder_all_grey_keeps_one_channel(tmp_path):
     make_folder(tmp_path, grey=True)
-    assert load_dataset(DataConfig(name="folder", root=str(tmp_path), image_size=8)).images.shape[1] == 1
+    cfg = DataConfig(name="folder", root=str(tmp_path), image_size=8)
+    assert load_dataset(cfg).images.shape[1] == 1 == describe_data(cfg).channels
 
 
 def test_folder_broken_image_names_the_file(tmp_path):
@@ -297,13 +298,19 @@ def test_pack_cli_missing_source_exits_2(tmp_path, capsys):
 
 @pytest.mark.parametrize("dataset_cfg", ["mnist", "folder", "lfw", "signs", "h5", "digits"], indirect=True)
 def test_load_and_split(dataset_cfg):
+    """Every loader loads and splits; describe_data (headers and listings only) says what it loads."""
+    shape = describe_data(dataset_cfg)
     ds = load_dataset(dataset_cfg)
     assert ds.images.dtype == torch.uint8 and ds.images.ndim == 4 and ds.meta["family"]
+    assert (shape.channels, shape.height, shape.width) == tuple(ds.images.shape[1:])
+    assert shape.class_counts == tuple(torch.bincount(ds.labels).tolist())
     for split in ("stratified", "class_disjoint"):
-        splits = split_dataset(ds, replace(dataset_cfg, split=split, test_fraction=0.34))
+        cfg = replace(dataset_cfg, split=split, test_fraction=0.34)
+        splits = split_dataset(ds, cfg)
         train, test = set(splits.train.index.tolist()), set(splits.test.index.tolist())
         assert len(splits.train) + len(splits.test) == len(ds) and not train & test
         train_classes, test_classes = set(splits.train.labels.tolist()), set(splits.test.labels.tolist())
+        assert n_train_classes(len(shape.class_counts), cfg) == len(train_classes)
         if split == "stratified":
             assert train_classes == test_classes == set(range(len(ds.class_names)))
         else:

@@ -1,7 +1,9 @@
-"""Spec expansion, validation before submission, manifests, pending/retry, locks, grid.sh without SLURM."""
+"""Spec expansion, validation before submission, manifests, pending/retry, locks, listings into a closed pipe.
+
+grid.sh on the real cluster is tests/test_slurm.py's.
+"""
 
 import json
-import os
 import subprocess
 import textwrap
 
@@ -9,7 +11,6 @@ import numpy as np
 import pytest
 
 from runner import grid, store
-from runner.store import submissions
 from runner.config import run_id
 from runner.launch.run import run_one
 from runner.store import RunLocked, run_lock
@@ -59,53 +60,6 @@ def test_one_bad_combination_exits_2_with_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("error: train.batch_size") and "grid" not in err.split("[in")[0]
     assert "[in variants[0]" in err
-
-
-def test_grid_sh_validates_before_queueing(tmp_path, subprocess_env):
-    """A bad spec: exit 2, no manifest, and sbatch is never called (a fake sbatch on PATH records calls)."""
-    calls = fake_sbatch(tmp_path, subprocess_env)
-    spec = write_spec(tmp_path, "grid: {train.batch_size: [32, 30]}\n")
-    out = tmp_path / "res"
-    p = subprocess.run(["bash", str(ROOT / "slurm/grid.sh"), str(spec), "--out", str(out)], env=subprocess_env,
-                       cwd=tmp_path, capture_output=True, text=True)
-    assert p.returncode == 2 and "train.batch_size" in p.stderr
-    assert not calls.exists() and not list((out / "manifests").glob("*.json"))
-
-
-def fake_sbatch(tmp_path, env: dict):
-    """Put an `sbatch` on PATH that records its arguments and prints a job id."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    calls = tmp_path / "sbatch-calls.txt"
-    (bindir / "sbatch").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" >> {calls}\necho 4242\n')
-    (bindir / "sbatch").chmod(0o755)
-    env["PATH"] = f"{bindir}{os.pathsep}{env['PATH']}"
-    env["PYTHON"] = PYTHON
-    env.pop("SLURM_JOB_ID", None)
-    return calls
-
-
-def test_grid_sh_array_submits_exactly_the_pending_indices(tmp_path, subprocess_env):
-    calls = fake_sbatch(tmp_path, subprocess_env)
-    spec = write_spec(tmp_path, "grid: {embedding.dim: [4, 8, 16, 32]}\n")
-    out = tmp_path / "res"
-    runs = grid.expand_grid(grid.load_spec(spec))
-    fake_done(out, runs[1])
-    subprocess_env["GRID_MAX_PARALLEL"] = "3"
-    p = subprocess.run(["bash", str(ROOT / "slurm/grid.sh"), str(spec), "--out", str(out)], env=subprocess_env,
-                       cwd=tmp_path, capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
-    args = calls.read_text().splitlines()
-    # pending runs 0, 2, 3 are tasks 0-2 of one array (task ids stay below MaxArraySize)
-    assert "--array=0-2%3" in args and "--ntasks=1" in args and args[-1] == str(ROOT / "slurm/grid.sh")
-    assert f"--output={out}/logs/%A_%a.out" in args
-    manifest = next(a for a in args if a.startswith("--export=")).split("GRID_MANIFEST=")[1].split(",")[0]
-    frozen, data = grid.read_manifest(manifest)
-    assert [run_id(r) for r in frozen] == [run_id(r) for r in runs] and data["out"] == str(out)
-    assert data["tasks"] == [[0], [2], [3]] and "GRID_TASK_OFFSET=0" in next(a for a in args if a.startswith("--export="))
-    assert "submitted array job 4242" in p.stdout
-    (record,) = submissions.read_submissions(out)
-    assert record["runs"] == [[run_id(runs[i]), f"4242_{t}"] for t, i in enumerate((0, 2, 3))]
 
 
 def fake_done(out, cfg, status: str = "completed"):
@@ -182,3 +136,22 @@ def test_two_concurrent_launches_of_one_run_leave_one_valid_result(tmp_path, sub
     assert data["attrs"]["status"] == "completed"
     leftovers = [p.name for p in store.run_dir(out, run_id(runs[0])).iterdir() if p.name.endswith(".tmp")]
     assert not leftovers
+
+
+def test_list_into_a_closed_pipe_ends_quietly(tmp_path, subprocess_env):
+    """`runner.grid SPEC --list | head -1` and `| true`: a listing cut short by the reader, once while
+    printing (1,000 runs, ~100 kB: more than a pipe holds), once at the exit's flush (a reader that
+    never reads). Both end without a BrokenPipeError traceback."""
+    big = write_spec(tmp_path, "grid: {embedding.dim: [4, 8, 16, 32, 64], train.lr: [0.001, 0.002, 0.003, 0.004, "
+                               "0.005, 0.006, 0.007, 0.008, 0.009, 0.01], loss.margin: [0.1, 0.2, 0.3, 0.4]}\n"
+                               "seeds: [0, 1, 2, 3, 4]\n", name="big.yaml")
+    small = write_spec(tmp_path, "grid: {embedding.dim: [4, 8]}\n", name="small.yaml")
+    cmds = [f"{PYTHON} -m runner.grid {big} --list --out {tmp_path / 'res'} | head -1",
+            f"{PYTHON} -m runner.grid {small} --list --out {tmp_path / 'res'} | true"]
+    procs = [subprocess.Popen(["bash", "-o", "pipefail", "-c", c], env=subprocess_env, cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]
+    (out_big, err_big), (out_small, err_small) = [p.communicate(timeout=300) for p in procs]
+    assert out_big.count("\n") == 1 and " missing " in out_big and out_small == "", (out_big, out_small)
+    assert err_big == "" and err_small == "", err_big + err_small
+    # cut short: exit 1, not 0 (with pipefail the pipeline reports the listing's code), and quietly
+    assert [p.returncode for p in procs] == [1, 1]

@@ -71,6 +71,7 @@ def test_ddp_one_task_per_node_equals_two_tasks_on_one_node(tmp_path, slurm_env)
     assert two["attrs"]["metrics"] == one["attrs"]["metrics"]
 
 
+@pytest.mark.timeout(700)  # two jobs of up to 300 s each
 @pytest.mark.parametrize("mode", ["array", "packed"])
 def test_grid_sh_runs_each_run_on_two_nodes(tmp_path, slurm_env, mode):
     _, runs = make_spec(tmp_path, SPEC)
@@ -102,6 +103,7 @@ def test_submitit_with_two_nodes_per_run(tmp_path, slurm_env):
         assert attrs["hosts"] == ["node1", "node2"] and attrs["world_size"] == 2
 
 
+@pytest.mark.ray
 def test_tune_sh_starts_ray_on_both_nodes(tmp_path, slurm_env):
     """Head on node1, a worker on node2; trials land on both and write to the one shared store."""
     spec = {"name": "t", **tiny_layer(epochs=2), "search": {"loss.margin": {"uniform": [0.05, 0.4]}},
@@ -135,6 +137,7 @@ def revive_nodes():
         time.sleep(1)
 
 
+@pytest.mark.timeout(1200)  # SlurmdTimeout, a requeue, a resumed run and a reference run
 @pytest.mark.skipif(cluster_name() != "local2", reason="kills a node of slurm/cluster2.sh's cluster")
 def test_node_killed_mid_run_is_requeued_and_resumes(tmp_path, slurm_env, revive_nodes):
     body = SPEC.replace("epochs: 2", "epochs: 12, save_every: 1").replace("[4, 8]", "[4]")

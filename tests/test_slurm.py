@@ -1,4 +1,5 @@
-"""Real SLURM: grid.sh in array and packed mode, runner.submit, a 2-task DDP srun, a requeued run.
+"""Real SLURM: grid.sh in array and packed mode, its checks before queueing and its USR2 requeue,
+runner.submit, a 2-task DDP srun, a preempted run.
 
 Needs the local cluster (tests/run.sh starts it with slurm/cluster.sh); skipped only
 where SLURM's commands are not installed. Runs are tiny (1–6 epochs of a width-8 CNN).
@@ -9,6 +10,7 @@ import shutil
 import subprocess
 import textwrap
 import time
+import uuid
 
 import numpy as np
 import pytest
@@ -74,6 +76,7 @@ def assert_all_completed(out, runs):
     assert grid.run_statuses(runs, out) == ["completed"] * len(runs)
 
 
+@pytest.mark.timeout(1000)  # three jobs of up to 300 s each
 def test_grid_sh_array_mode_then_nothing_to_do(tmp_path, slurm_env):
     spec, runs = make_spec(tmp_path)
     out = tmp_path / "res"
@@ -181,3 +184,71 @@ def test_preempted_run_requeues_resumes_and_matches_uninterrupted(tmp_path, slur
     for split in ("train", "test"):
         np.testing.assert_allclose(resumed["final"][split]["embeddings"], uninterrupted["final"][split]["embeddings"],
                                    atol=1e-6)
+
+
+def test_grid_sh_rejects_a_bad_grid_before_queueing(tmp_path, slurm_env):
+    """The real sbatch is on PATH: a grid with problems exits 2 with a line per problem, queues
+    no job (none of its name in the accounting) and creates no results directory."""
+    name = f"bad-{uuid.uuid4().hex[:8]}"
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(SPEC + "seeds: [0, 1]\n")
+    out = tmp_path / "res"
+    p = subprocess.run(["bash", str(ROOT / "slurm/grid.sh"), str(spec), "--out", str(out),
+                        "--set", "model.backbone=vgg16", "--set", "train.device=cuda"],
+                       env=slurm_env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stdout + p.stderr
+    lines = p.stderr.splitlines()
+    assert [line.split(":")[1].strip() for line in lines] == ["train.device", "data.image_size"], lines
+    assert all(line.endswith("[runs 0-3]") for line in lines) and "submitted" not in p.stdout
+    assert not out.exists()
+    jobs = subprocess.run(["sacct", "-n", "-X", "-P", "--name", f"dml-{name}", "-S", "now-1hour", "-o", "JobID"],
+                          capture_output=True, text=True).stdout
+    assert jobs.strip() == ""
+
+
+def epoch_seconds(tmp_path, layer: dict) -> float:
+    """Seconds one epoch of `layer` takes on this machine now: training, evaluation, checkpoint and
+    logging, from the fit's wall time of a 20-epoch run in this process (21 evaluated epochs)."""
+    from runner.launch.run import run_one
+    from runner.spec import resolve
+    result = run_one(resolve(layer, {"train": {"epochs": 20}}), tmp_path / "calibrate", progress=False)
+    return store.read_attrs(result["path"])["wall_time_s"] / 21
+
+
+@pytest.mark.timeout(900)
+def test_grid_sh_requeues_itself_on_usr2_and_the_run_resumes(tmp_path, slurm_env):
+    """An array task with --time=2: SLURM sends USR2 (#SBATCH --signal=B:USR2@60) 30-60 s in, grid.sh
+    requeues the task, and the requeued task resumes the run from its last epoch checkpoint.
+
+    The run is sized to this machine's speed: about 50 s of training, so that it is mid-run when
+    USR2 comes and the second attempt (not requeued again: GRID_MAX_REQUEUE=1) ends well inside
+    its own 2 minutes. Run 0 is already done: the array holds exactly run 1.
+    """
+    from tests.test_grid import fake_done
+    layer = {"model": {"width": 8}, "embedding": {"dim": 8}, "data": {"n_per_class": 8},
+             "train": {"batch_size": 32, "num_threads": 1, "save_every": 1000}}
+    epochs = max(20, min(3000, int(50 / epoch_seconds(tmp_path, layer))))
+    body = (f"name: usr2\nmodel: {{width: 8}}\nembedding: {{dim: 8}}\ndata: {{n_per_class: 8}}\n"
+            f"train: {{batch_size: 32, num_threads: 1, save_every: 1000, epochs: {epochs}}}\n"
+            "grid: {seed: [0, 1]}\n")
+    spec, runs = make_spec(tmp_path, body)
+    out = tmp_path / "res"
+    fake_done(out, runs[0])
+    slurm_env.update(GRID_SBATCH_ARGS="--time=2", GRID_MAX_REQUEUE="1")
+    driver = sbatch([f"--output={tmp_path}/driver-%j.out", str(ROOT / "slurm/grid.sh"), str(spec), "--out", str(out)],
+                    slurm_env, tmp_path)
+    assert wait_job(driver, 300) == {driver: "COMPLETED"}
+    log = (tmp_path / f"driver-{driver}.out").read_text()
+    array = re.search(r"submitted array job (\d+) --array=1%16", log).group(1)
+    assert wait_job(array, 600) == {f"{array}_1": "COMPLETED"}
+    history = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-j", array, "-o", "State"],
+                             capture_output=True, text=True).stdout.split()
+    assert "REQUEUED" in history, history
+    task_log = (out / "logs" / f"{array}_1.out").read_text()  # both attempts: the array appends
+    assert "USR2: time is nearly up, requeueing" in task_log and "restart 1" in task_log, task_log[-3000:]
+    resumed = re.search(r"resuming after epoch (\d+)", task_log)
+    assert resumed and 1 <= int(resumed.group(1)) < epochs, task_log[-3000:]
+    data = store.read_run(store.run_path(out, run_id(runs[1])))
+    assert data["attrs"]["status"] == "completed" and data["attrs"]["epochs_run"] == epochs
+    steps = data["history"]["steps"]["step"]
+    np.testing.assert_array_equal(steps, np.arange(len(steps)))  # every step once: resumed, not redone

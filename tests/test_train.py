@@ -70,10 +70,17 @@ def test_tensorboard_events_read_back(finished):
     tags = acc.Tags()["scalars"]
     assert {"step/loss", "step/active_fraction", "epoch/knn1", "epoch/map_at_r"} <= set(tags)
     assert [e.step for e in acc.Scalars("epoch/knn1")] == [0, 1, 2, 3]
+    from tensorboard.plugins.hparams import plugin_data_pb2
     hp = EventAccumulator(str(tb / "hparams"))
     hp.Reload()
     assert "hparam/knn1" in hp.Tags()["scalars"]
-    assert "hparams" in hp.PluginTagToContent("hparams") or hp.PluginTagToContent("hparams")
+    content = {tag: plugin_data_pb2.HParamsPluginData.FromString(raw)
+               for tag, raw in hp.PluginTagToContent("hparams").items()}
+    assert set(content) == {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"}
+    start = content["_hparams_/session_start_info"].session_start_info.hparams
+    assert start["loss.name"].string_value == cfg.loss.name and start["embedding.dim"].number_value == 8
+    metrics = [m.name.tag for m in content["_hparams_/experiment"].experiment.metric_infos]
+    assert "hparam/knn1" in metrics and "hparam/map_at_r" in metrics
     projector = (tb / "projector_config.pbtxt").read_text()
     assert "metadata.tsv" in projector and "sprite.png" in projector
     meta = next(tb.glob("*/test_embeddings/metadata.tsv")).read_text().splitlines()
@@ -142,3 +149,16 @@ def test_min_steps_raises_epochs_of_tiny_data(tmp_path):
     result = run_one(cfg, tmp_path)
     steps = store.read_run(result["path"])["history"]["steps"]
     assert result["status"] == "completed" and len(steps["step"]) == 4 and list(steps["epoch"]) == [1, 2, 3, 4]
+
+
+def test_config_error_at_start_is_recorded_failed(tmp_path):
+    """Data that fails only once the run starts (gone since the checks): a failed run.h5 with the
+    reason, so status shows it and a relaunch skips it unless asked to retry failed runs."""
+    from runner.launch.many import pending, run_statuses
+    cfg = resolve(tiny_layer(), {"data": {"name": "mnist", "root": str(tmp_path / "mnist-gone")}})
+    result = run_one(cfg, tmp_path / "out", progress=False)
+    assert result["status"] == "failed" and "ConfigError: data.root" in result["error"]
+    attrs = store.read_attrs(store.run_path(tmp_path / "out", run_id(cfg)))
+    assert attrs["status"] == "failed" and attrs["error"].startswith("ConfigError: data.root")
+    assert run_statuses([cfg], tmp_path / "out") == ["failed"]
+    assert pending([cfg], tmp_path / "out") == [] and pending([cfg], tmp_path / "out", retry_failed=True) == [0]

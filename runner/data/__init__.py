@@ -8,10 +8,10 @@ samplers, augment. `python -m runner.data pack` is __main__.py.
 """
 
 from runner.data.image_files import decode_image
-from runner.data.image_set import ImageSet, drop_rare_classes, resize_uint8
+from runner.data.image_set import DataShape, ImageSet, drop_rare_classes, resize_uint8
 from runner.data.paths import IMAGE_SUFFIXES
-from runner.data.registry import check_data, dataset_names, load_dataset
-from runner.data.splits import Splits, split_dataset
+from runner.data.registry import check_data, dataset_names, describe_data, load_dataset
+from runner.data.splits import Splits, n_train_classes, split_dataset
 
-__all__ = ["IMAGE_SUFFIXES", "ImageSet", "Splits", "check_data", "dataset_names", "decode_image", "drop_rare_classes",
-           "load_dataset", "resize_uint8", "split_dataset"]
+__all__ = ["IMAGE_SUFFIXES", "DataShape", "ImageSet", "Splits", "check_data", "dataset_names", "decode_image",
+           "describe_data", "drop_rare_classes", "load_dataset", "n_train_classes", "resize_uint8", "split_dataset"]

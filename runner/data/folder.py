@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from runner.config import ConfigError, DataConfig
 from runner.data.image_files import ImageFiles, decode_files
-from runner.data.image_set import ImageSet
-from runner.data.paths import DEFAULT_SIZE, DOCS, IMAGE_SUFFIXES, root_dir
+from runner.data.image_set import DataShape, ImageSet
+from runner.data.paths import DEFAULT_SIZE, DOCS, IMAGE_SUFFIXES, one_line, root_dir
 
 FOLDER_LAYOUT = "a directory with one sub-folder of images per class"
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
 def list_folder(root: Path) -> tuple[list[str], list[Path], list[int]]:
@@ -41,3 +43,26 @@ def folder_files(cfg: DataConfig) -> ImageFiles:
 def load_folder(cfg: DataConfig, progress: bool = False) -> ImageSet:
     """One sub-folder per class; images resized to image_size (default 64), RGB unless all grey."""
     return decode_files(folder_files(cfg), cfg.image_size or DEFAULT_SIZE, progress)
+
+
+def _image_mode(path: Path) -> str:
+    """The PIL mode of an image file from its header (Image.open decodes nothing yet)."""
+    try:
+        with Image.open(path) as img:
+            return img.mode
+    except (OSError, ValueError, SyntaxError) as err:
+        raise ConfigError("data.root", str(path), f"a readable image file ({one_line(err)})") from None
+
+
+def describe_folder(cfg: DataConfig) -> DataShape:
+    """Classes and counts from the listing; channels from the header of each class's first image.
+
+    The loader makes a grey set only when every image is grey; a first image per class stands
+    in for all of them here, so a set whose grey and colour images share classes may load as RGB.
+    """
+    files = folder_files(cfg)
+    counts = np.bincount(files.labels, minlength=len(files.class_names))
+    firsts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    grey = all(_image_mode(files.root / files.paths[i]) in GREY_MODES for i in firsts)
+    size = cfg.image_size or DEFAULT_SIZE
+    return DataShape(1 if grey else 3, size, size, tuple(counts.tolist()))

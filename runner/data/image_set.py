@@ -52,6 +52,26 @@ class ImageSet:
                         self.parents, self.meta, pick(self.partition), pick(self.files), pick(self.groups))
 
 
+@dataclass(frozen=True)
+class DataShape:
+    """What a loader will return, read from listings and headers only (no image decoded).
+
+    The checks before submission use it: the model's input shape, and how many classes
+    (and images per class) the sampler and the split will see.
+    """
+    channels: int
+    height: int
+    width: int
+    class_counts: tuple[int, ...]
+    """Images per class, in label order (before data.min_images_per_class drops any)."""
+
+    def resized(self, size: Optional[int]) -> "DataShape":
+        """The shape after load_dataset's resize to size×size (it resizes when the width differs)."""
+        if size is None or self.width == size:
+            return self
+        return DataShape(self.channels, size, size, self.class_counts)
+
+
 def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
     """Resize a uint8 N×C×H×W batch to size×size (antialiased bilinear)."""
     out = torch.nn.functional.interpolate(images.float(), size=(size, size), mode="bilinear",
@@ -62,12 +82,10 @@ def resize_uint8(images: torch.Tensor, size: int) -> torch.Tensor:
 def drop_rare_classes(ds: ImageSet, min_count: int) -> ImageSet:
     """Keep classes with at least min_count images and renumber labels 0..C-1."""
     counts = torch.bincount(ds.labels, minlength=len(ds.class_names))
+    kept_counts(counts.tolist(), min_count)
     keep = torch.nonzero(counts >= min_count).flatten()
     if len(keep) == len(ds.class_names):
         return ds
-    if len(keep) < 2:
-        raise ConfigError("data.min_images_per_class", min_count,
-                          f"a value that leaves at least 2 classes (largest class has {int(counts.max())})")
     remap = torch.full((len(ds.class_names),), -1, dtype=torch.long)
     remap[keep] = torch.arange(len(keep))
     rows = torch.nonzero(remap[ds.labels] >= 0).flatten()
@@ -95,3 +113,12 @@ def assign_groups(ds: ImageSet, pattern: str, name: str) -> ImageSet:
         groups.append(found.group(1))
     ds.groups = np.asarray(groups, dtype=str)
     return ds
+
+
+def kept_counts(counts: list[int] | tuple[int, ...], min_count: int) -> list[int]:
+    """Images per class of the classes drop_rare_classes keeps; ConfigError if fewer than 2 remain."""
+    kept = [c for c in counts if c >= min_count]
+    if len(kept) < 2:
+        raise ConfigError("data.min_images_per_class", min_count,
+                          f"a value that leaves at least 2 classes (largest class has {max(counts, default=0)})")
+    return kept

@@ -10,7 +10,7 @@ import torch
 from sklearn.datasets import fetch_lfw_people
 
 from runner.config import ConfigError, DataConfig
-from runner.data.image_set import ImageSet
+from runner.data.image_set import DataShape, ImageSet
 from runner.data.paths import DEFAULT_SIZE, DOCS, one_line, root_dir
 
 
@@ -81,6 +81,14 @@ def lfw_official(home: Path, class_names: list[str]) -> tuple[np.ndarray | None,
     folder = [n.replace(" ", "_") for n in class_names]  # scikit-learn turned the folders' '_' into ' '
     parts = np.asarray(["train" if n in train else "test" if n in test else "" for n in folder])
     return parts, f"View 1 people of {files[0]} train, of {files[1]} test"
+
+
+def describe_lfw(cfg: DataConfig) -> DataShape:
+    """Colour faces of image_size (default 64); a person's images counted from their folder."""
+    _, faces = _lfw_home(cfg)
+    counts = [len(os.listdir(faces / p)) for p in sorted(os.listdir(faces)) if (faces / p).is_dir()]
+    size = cfg.image_size or DEFAULT_SIZE
+    return DataShape(3, size, size, tuple(counts))
 
 
 def load_lfw(cfg: DataConfig) -> ImageSet:

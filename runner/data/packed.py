@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from runner.config import ConfigError
-from runner.data.image_set import ImageSet
+from runner.data.image_set import DataShape, ImageSet
 
 FORMAT = "runner.pack/1"
 REQUIRED = ("images", "labels", "index", "class_names")
@@ -60,20 +60,42 @@ def write_pack(ds: ImageSet, path: Path, source: dict, compression: str = "none"
     return path
 
 
-def read_pack(root: Optional[str]) -> ImageSet:
-    """Read a packed file whole into memory as an ImageSet (meta keeps the source's family)."""
-    expected = "an .h5 file written by `python -m runner.data pack` (see docs/datasets.md)"
+EXPECTED = "an .h5 file written by `python -m runner.data pack` (see docs/datasets.md)"
+
+
+def _open_pack(root: Optional[str]) -> tuple[Path, h5py.File]:
+    """The packed file, open, with the datasets every pack has; ConfigError otherwise."""
     if root is None or not Path(root).expanduser().is_file():
-        raise ConfigError("data.root", root, expected)
+        raise ConfigError("data.root", root, EXPECTED)
     path = Path(root).expanduser()
     try:
         f = h5py.File(path, "r")
     except OSError:
-        raise ConfigError("data.root", str(path), f"{expected}; this is not an HDF5 file") from None
+        raise ConfigError("data.root", str(path), f"{EXPECTED}; this is not an HDF5 file") from None
+    missing = [k for k in REQUIRED if not isinstance(f.get(k), h5py.Dataset)]
+    if missing:
+        f.close()
+        raise ConfigError("data.root", str(path), f"{EXPECTED}; missing {', '.join(missing)}")
+    return path, f
+
+
+def describe_pack(root: Optional[str]) -> DataShape:
+    """Shape from the images dataset's header, class counts from the labels (images stay unread)."""
+    path, f = _open_pack(root)
     with f:
-        missing = [k for k in REQUIRED if k not in f]
-        if missing:
-            raise ConfigError("data.root", str(path), f"{expected}; missing {', '.join(missing)}")
+        shape, dtype, n_classes = f["images"].shape, f["images"].dtype, len(f["class_names"])
+        labels = f["labels"][()].astype(np.int64)
+    if dtype != np.uint8 or len(shape) != 4 or shape[0] != len(labels) or not n_classes \
+            or (len(labels) and not 0 <= labels.min() <= labels.max() < n_classes):
+        raise ConfigError("data.root", str(path), f"{EXPECTED}; images uint8 N×C×H×W with N labels "
+                          f"in 0..{n_classes - 1}")
+    return DataShape(shape[1], shape[2], shape[3], tuple(np.bincount(labels, minlength=n_classes).tolist()))
+
+
+def read_pack(root: Optional[str]) -> ImageSet:
+    """Read a packed file whole into memory as an ImageSet (meta keeps the source's family)."""
+    path, f = _open_pack(root)
+    with f:
         images = torch.from_numpy(f["images"][()])
         labels = torch.from_numpy(f["labels"][()].astype(np.int64))
         index = torch.from_numpy(f["index"][()].astype(np.int64))
@@ -84,7 +106,7 @@ def read_pack(root: Optional[str]) -> ImageSet:
         source = json.loads(f.attrs.get("source", "{}"))
     if images.dtype != torch.uint8 or images.ndim != 4 or not len(images) == len(labels) == len(index) or \
             any(len(a) != len(labels) for a in per_image.values()):
-        raise ConfigError("data.root", str(path), f"{expected}; images uint8 N×C×H×W with N labels and ids "
+        raise ConfigError("data.root", str(path), f"{EXPECTED}; images uint8 N×C×H×W with N labels and ids "
                           f"(and N of {', '.join(per_image) or 'each per-image array'})")
     meta.update(root=str(path), source_name=source.get("name"), source_root=source.get("root"))
     return ImageSet(images, labels, class_names, index, parents=parents, meta=meta, **per_image)

@@ -1,4 +1,4 @@
-"""Data sets by name: `data.name` -> loader, the one list of names, and the checks before submission.
+"""Data sets by name: `data.name` -> loader (and describer), the one list of names, the checks before submission.
 
 Every loader reads only local files (compute nodes have no internet): a missing root
 or file is a one-line ConfigError on `data.root` that points to docs/datasets.md.
@@ -18,16 +18,17 @@ from sklearn.datasets import load_digits
 from runner.config import ConfigError, DataConfig, suggest
 from runner.data.cars import cars_files
 from runner.data.cub import cub_files
-from runner.data.folder import folder_files
+from runner.data.folder import describe_folder, folder_files
 from runner.data.image_files import ImageFiles, decode_files
-from runner.data.image_set import ImageSet, assign_groups, drop_rare_classes, resize_uint8
+from runner.data.image_set import DataShape, ImageSet, assign_groups, drop_rare_classes, kept_counts, resize_uint8
 from runner.data.inshop import inshop_files
-from runner.data.lfw import load_lfw
-from runner.data.mnist import load_fashion_mnist, load_mnist
-from runner.data.packed import read_pack
+from runner.data.lfw import describe_lfw, load_lfw
+from runner.data.mnist import describe_fashion_mnist, describe_mnist, load_fashion_mnist, load_mnist
+from runner.data.packed import describe_pack, read_pack
 from runner.data.paths import DEFAULT_SIZE, DOCS
 from runner.data.sop import sop_files
-from runner.data.synthetic_signs import generate_signs
+from runner.data.synthetic_signs import DEFAULT_SIZE as SIGNS_SIZE
+from runner.data.synthetic_signs import IMAGES_PER_CLASS, class_table, generate_signs
 
 
 def load_digits_set(cfg: DataConfig) -> ImageSet:
@@ -72,6 +73,35 @@ NO_OFFICIAL_SPLIT = ("digits", "signs", "folder")
 """Sets that define no split of their own (data.split: official is refused before loading)."""
 
 
+def describe_digits(cfg: DataConfig) -> DataShape:
+    return DataShape(1, 8, 8, tuple(np.bincount(load_digits().target).tolist()))
+
+
+def describe_signs(cfg: DataConfig) -> DataShape:
+    size = cfg.image_size or SIGNS_SIZE
+    return DataShape(3, size, size, (IMAGES_PER_CLASS,) * len(class_table()[0]))
+
+
+def describe_files(files: ImageFiles, cfg: DataConfig) -> DataShape:
+    """A set of image files, from its listing: colour at data.image_size (default 64)."""
+    size = cfg.image_size or DEFAULT_SIZE
+    return DataShape(3, size, size, tuple(np.bincount(files.labels, minlength=len(files.class_names)).tolist()))
+
+
+DESCRIBERS: dict[str, Callable[[DataConfig], DataShape]] = {
+    "digits": describe_digits,
+    "mnist": describe_mnist,
+    "fashion_mnist": describe_fashion_mnist,
+    "folder": describe_folder,
+    "lfw": describe_lfw,
+    "signs": describe_signs,
+    "h5": lambda cfg: describe_pack(cfg.root),
+    **{name: (lambda cfg, lister=lister: describe_files(lister(cfg), cfg))
+       for name, lister in (("cub", cub_files), ("cars", cars_files), ("sop", sop_files), ("inshop", inshop_files))},
+}
+"""Per loader, what it will return read from listings and headers only (see describe_data)."""
+
+
 def dataset_names() -> list[str]:
     return sorted([*LOADERS, *FILE_SETS])
 
@@ -113,3 +143,16 @@ def check_data(cfg: DataConfig) -> None:
     if root is None or not (root.is_dir() if kind == "dir" else root.is_file()):
         what = "an existing directory" if kind == "dir" else "an existing file"
         raise ConfigError("data.root", cfg.root, f"{what} for data.name {cfg.name} ({DOCS})")
+
+
+def describe_data(cfg: DataConfig) -> DataShape:
+    """The shape and class counts load_dataset(cfg) will give, without decoding the images.
+
+    Checks what check_data checks, then that data.root holds the files the loader needs
+    (listings, file headers, label files) and that data.min_images_per_class keeps 2 classes;
+    class_counts are those of the kept classes. ConfigError on the first problem.
+    """
+    check_data(cfg)
+    shape = DESCRIBERS[cfg.name](cfg).resized(cfg.image_size)
+    counts = kept_counts(shape.class_counts, cfg.min_images_per_class)
+    return DataShape(shape.channels, shape.height, shape.width, tuple(counts))

@@ -86,6 +86,24 @@ def _held_out_classes(labels: np.ndarray, fraction: float, rng: np.random.Genera
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
+def n_train_classes(n_classes: int, cfg: DataConfig) -> int:
+    """Classes in the training split of a data set with n_classes (after rare ones are dropped).
+
+    class_disjoint holds out round(test_fraction · n) classes, at least 1, leaving at least 2
+    to train on; with fewer than 3 classes there is no such split: ConfigError.
+    """
+    if cfg.split == "stratified":
+        return n_classes
+    if n_classes < 3:
+        raise ConfigError("data.split", cfg.split, f"stratified: the data has {n_classes} classes, and "
+                          "class_disjoint needs at least 3 (2 to train on, 1 to test)")
+    return n_classes - _n_test_classes(n_classes, cfg.test_fraction)
+
+
+def _n_test_classes(n_classes: int, fraction: float) -> int:
+    return min(max(1, int(round(fraction * n_classes))), n_classes - 2)
+
+
 def split_dataset(ds: ImageSet, cfg: DataConfig) -> Splits:
     """Train/test (and optional validation) split from cfg.split_seed.
 

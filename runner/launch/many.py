@@ -14,7 +14,8 @@ from typing import Iterable, Iterator, Optional
 
 from runner import dist, store
 from runner.config import ConfigError, RunConfig, flatten, run_id
-from runner.launch.run import format_result, run_one
+from runner.launch.run import run_one
+from runner.launch.summary import format_result
 
 LOCKED = "locked"
 """Summary status of a run skipped because another process trains it."""
@@ -26,8 +27,8 @@ def run_each(runs: Iterable[RunConfig], out: str | Path, env: Optional[dist.Dist
 
     A run another process holds is skipped (status `locked`), or, with wait_if_locked_s > 0,
     waited for: polled every that many seconds until its holder is done, then taken
-    (run_one skips it when it completed). A ConfigError of one run (its data, say)
-    becomes a `failed` summary with the message.
+    (run_one skips it when it completed). A ConfigError that run_one raises (an unwritable
+    --out; a run's own config or data errors are its failed run.h5) becomes a `failed` summary.
     """
     env = env or dist.from_environ()
     for cfg in runs:

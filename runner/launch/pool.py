@@ -23,7 +23,7 @@ import torch
 
 from runner.config import RunConfig
 from runner.launch.many import run_each, varying_keys
-from runner.launch.run import format_result
+from runner.launch.summary import format_result
 
 
 def available_cpus() -> int:

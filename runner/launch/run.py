@@ -1,8 +1,9 @@
 """One run's lifecycle: skip or lock, set up, train, then finish or fail; its files in store.
 
     run_one(cfg, out)
-      store.run_status / store.run_lock       skip a completed run; one process per run_id
-      setup(run)                              threads, device, process group, data, parts, checkpoint
+      dist.pick_device, init_process_group    every rank meets first
+      start_decision (rank 0, broadcast)      skip a completed run, or take the lock (one process per run_id)
+      setup(run, device)                      threads, data, parts, checkpoint
       engine.fit(..., on_epoch_end)           TensorBoard scalars and checkpoint.pt after every epoch
       finish(run, ...) / fail(run, ...)       run.h5 (+ model.pt, HParams, projector) or a failed run.h5
 
@@ -16,7 +17,7 @@ import datetime
 import functools
 import time
 import traceback
-from contextlib import nullcontext
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -29,6 +30,7 @@ from runner.data import ImageSet, Splits, load_dataset, split_dataset
 from runner.data.augment import AugmentPolicy, policy_for
 from runner.launch.progress import EpochLog
 from runner.launch.provenance import provenance
+from runner.launch.start import is_done, start_decision
 from runner.launch.tb_logger import TBLogger
 from runner.training import engine
 from runner.training.checkpoint import load_checkpoint, save_checkpoint
@@ -73,37 +75,60 @@ def run_one(cfg: RunConfig, out: str | Path, env: Optional[dist.DistEnv] = None,
             hparam_keys: tuple = ()) -> dict:
     """Train (or resume, or skip) one run and write its run.h5. Returns a summary dict.
 
+    Every rank takes the same decision: the ranks meet in the process group first, then rank 0
+    checks the status, takes the lock, checks again and tells the others (start_decision), so
+    no rank ever waits for a rank that skipped the run. A config or data problem found once the
+    run is under its lock is recorded as a `failed` run.h5 with the reason.
     on_epoch may return True to end the run as `stopped` (run.h5 written, stopped_epoch set).
     record_stopped writes that `stopped` run.h5 before every on_epoch call, for schedulers
-    (Ray Tune's ASHA) that may end the process inside the callback; the final write replaces it.
-    Raises store.RunLocked when another process trains the same run_id in `out`.
+    (Ray Tune's ASHA) that may end the process inside the callback.
+    Raises store.RunLocked (on every rank) when another process trains the same run_id in `out`,
+    and ConfigError (every rank) when `out` is not writable.
     """
     env = env or dist.from_environ()
     run = Run(cfg, run_id(cfg), store.run_dir(out, run_id(cfg)), env, hparam_keys=tuple(hparam_keys))
-    if _is_done(run, retry_failed):
-        return run.summary(store.run_status(run.path), skipped=True)
-    if env.is_main:
-        store.check_writable(out)  # a clear error before training, not a traceback at the first write
-    with store.run_lock(run.dir) if env.is_main else nullcontext():
-        if _is_done(run, retry_failed):  # another launch may have finished it between the check and the lock
-            return run.summary(store.run_status(run.path), skipped=True)
-        if env.is_main:
-            store.remove_stale_temporaries(run.dir)
-        progress = dist.is_tty() and env.is_main if progress is None else progress
-        return _train(run, progress, stop_after_epochs, on_epoch, record_stopped)
+    try:
+        device = dist.pick_device(cfg.train.device, env)
+    except ConfigError as exc:  # decided alike on every rank of a node, before any of them waits for another
+        return _failed_before_start(run, out, exc, retry_failed)
+    created = dist.init_process_group(env, device)
+    try:
+        with ExitStack() as held:  # rank 0 holds the run's lock in here while it trains
+            kind, detail = dist.broadcast_object(start_decision(run.dir, out, retry_failed, held) if env.is_main
+                                                 else None, env)
+            if kind == "locked":
+                raise store.RunLocked(detail)
+            if kind == "config_error":
+                raise ConfigError(*detail)
+            if kind == "error":
+                raise RuntimeError(detail)
+            if kind == "skip":
+                return run.summary(detail, skipped=True)
+            progress = dist.is_tty() and env.is_main if progress is None else progress
+            return _train(run, device, progress, stop_after_epochs, on_epoch, record_stopped)
+    finally:
+        if created:  # a process group someone else made (Ray Train's) stays theirs
+            dist.teardown()
 
 
-def _is_done(run: Run, retry_failed: bool) -> bool:
-    status = store.run_status(run.path)
-    return status == "completed" or (status == "failed" and not retry_failed)
+def _failed_before_start(run: Run, out: str | Path, exc: ConfigError, retry_failed: bool) -> dict:
+    """A run that cannot start here (train.device is cuda on a node without one): a failed run.h5 (rank 0)."""
+    if run.env.is_main and not is_done(run.path, retry_failed):
+        try:
+            with store.run_lock(run.dir):
+                run.attrs = {"seed": run.cfg.seed, "start_time": _now()}
+                return fail(run, engine.TrainState(), exc)
+        except store.RunLocked:
+            pass  # the process that holds it is training it somewhere that can
+    return run.summary("failed", error=f"{type(exc).__name__}: {exc}")
 
 
-def _train(run: Run, progress: bool, stop_after_epochs: Optional[int], on_epoch: Optional[OnEpoch],
-           record_stopped: bool) -> dict:
+def _train(run: Run, device: torch.device, progress: bool, stop_after_epochs: Optional[int],
+           on_epoch: Optional[OnEpoch], record_stopped: bool) -> dict:
     run.attrs = {"seed": run.cfg.seed, "start_time": _now(), **provenance(run.env)}
     state, logger, lines = engine.TrainState(), None, None
     try:
-        parts, state = setup(run)
+        parts, state = setup(run, device)
         if run.env.is_main:
             logger = TBLogger(run.dir / "tb")
             lines = EpochLog(run.run_id, run.dir / "train.log", parts.epochs,
@@ -116,29 +141,26 @@ def _train(run: Run, progress: bool, stop_after_epochs: Optional[int], on_epoch:
         if state.stop_reason == INTERRUPTED:
             return run.summary(INTERRUPTED, epoch=state.epoch)
         if state.stop_reason == STOPPED:
-            if run.env.is_main:
+            if run.env.is_main and not record_stopped:  # with record_stopped it is on disk already
                 write_stopped(run, state)
             return run.summary(STOPPED, epoch=state.epoch)
         return finish(run, state, parts, logger, time.perf_counter() - t0)
-    except (ConfigError, KeyboardInterrupt):
+    except KeyboardInterrupt:
         raise
-    except Exception as exc:  # recorded as a failed run; the grid goes on
+    except Exception as exc:  # a ConfigError of the data or the model too: recorded as failed; the grid goes on
         return fail(run, state, exc)
     finally:
         for closing in (logger, lines):
             if closing is not None:
                 closing.close()
-        dist.teardown()
 
 
-def setup(run: Run) -> tuple[Parts, engine.TrainState]:
-    """Threads, device and process group; the data (run.splits); the parts; the checkpoint's state."""
+def setup(run: Run, device: torch.device) -> tuple[Parts, engine.TrainState]:
+    """Threads and determinism; the data (run.splits); the parts on `device`; the checkpoint's state."""
     t = run.cfg.train
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
     torch.use_deterministic_algorithms(t.deterministic, warn_only=True)
-    device = dist.pick_device(t.device, run.env)
-    dist.init_process_group(run.env, device)
     run.attrs["hosts"] = dist.gather_hosts(run.env)  # a rank per host on multi-node runs
     run.splits, policy = prepare_data(run.cfg.data)
     run.protocol = protocol_for(run.cfg.data, run.splits, run.cfg.eval.recall_at)
@@ -223,7 +245,7 @@ def fail(run: Run, state: engine.TrainState, exc: Exception) -> dict:
     """Record a failed run.h5 with the reason (rank 0); a write that fails too is reported with it."""
     error = f"{type(exc).__name__}: {exc}"
     if run.env.is_main:
-        extra = {"error": error, "traceback": traceback.format_exc(limit=20), "end_time": _now()}
+        extra = {"error": error, "traceback": "".join(traceback.format_exception(exc, limit=20)), "end_time": _now()}
         if isinstance(exc, engine.NonFiniteLoss):
             extra.update(failed_epoch=exc.epoch, failed_step=exc.step)
         try:
@@ -269,27 +291,6 @@ def record(run: Run, status: str, state: engine.TrainState, **extra) -> store.Ru
     if splits.train.parents is not None:
         rec.data["parents"] = splits.train.parents
     return rec
-
-
-def format_result(result: dict) -> str:
-    """A short table of the run's test metrics and speed."""
-    skipped = " (already there: skipped)" if result.get("skipped") else ""
-    if result["status"] == "locked":
-        skipped = " (another process is training it: skipped)"
-    lines = [f"run {result['run_id']}: {result['status']}{skipped}  ({result['path']})"]
-    if result.get("metrics"):
-        m = result["metrics"]
-        recall = [k for k in m if k.startswith("recall_at_")]  # the run's eval.recall_at
-        classify = [k for k in store.METRIC_NAMES if k in ("knn1", "knn5", "ncm", "nmi", "ami")]
-        retrieve = [k for k in store.METRIC_NAMES if k in ("p_at_1", "r_precision", "map_at_r")] + recall
-        for row in (classify, retrieve):
-            lines.append("  " + "  ".join(f"{k:>11}" for k in row))
-            lines.append("  " + "  ".join(f"{m.get(k, float('nan')):11.4f}" for k in row))
-    if "train_time_s" in result:
-        lines.append(f"  train time {result['train_time_s']:.1f} s, {result['samples_per_s']:.0f} samples/s")
-    if result.get("error"):
-        lines.append(f"  error: {result['error']}")
-    return "\n".join(lines)
 
 
 def _now() -> str:

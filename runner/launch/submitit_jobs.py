@@ -15,7 +15,7 @@ import submitit
 from runner import dist
 from runner.config import from_dict
 from runner.launch.many import run_each
-from runner.launch.run import format_result
+from runner.launch.summary import format_result
 
 
 class GridTask(submitit.helpers.Checkpointable):

@@ -13,9 +13,9 @@ import itertools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
-from runner.config import ConfigError, RunConfig, run_id
+from runner.config import ConfigError, ConfigErrors, RunConfig, run_id
 from runner.spec.load import load_yaml, parse_set, split_spec
 from runner.spec.resolve import merge_layer, resolve
 
@@ -75,11 +75,12 @@ def load_spec(path: str | Path, sets: list[str] = ()) -> ExperimentSpec:
                           extra.get("search") or {}, extra.get("tune") or {})
 
 
-def expand_grid(spec: ExperimentSpec, check: Optional[Callable[[RunConfig], None]] = None) -> list[RunConfig]:
+def expand_grid(spec: ExperimentSpec) -> list[RunConfig]:
     """All runs of the spec, resolved and de-duplicated by run_id (order kept).
 
-    `check` (launchers pass runner.launch.validate.validate_run) runs on every resolved
-    config; a ConfigError it raises names the variant or include the run came from.
+    A layer that does not resolve is a ConfigError naming the variant or include it came
+    from; every distinct one is reported (ConfigErrors), not just the first. The checks that
+    need the data or a model are runner.launch.validate's, on the runs returned here.
     """
     keys = list(spec.grid)
     layers = []
@@ -88,20 +89,24 @@ def expand_grid(spec: ExperimentSpec, check: Optional[Callable[[RunConfig], None
             layers.append((f"variants[{v_i}]", variant, dotted_to_nested(dict(zip(keys, combo)))))
     layers += [(f"include[{i}]", {}, dotted_to_nested(inc)) for i, inc in enumerate(spec.include)]
     seeds = spec.seeds if spec.seeds is not None else [None]
-    runs, seen = [], set()
+    runs, seen, errors = [], set(), {}
     for where, variant, layer in layers:
         for seed in seeds:
             seed_layer = {} if seed is None else {"seed": seed}
             try:
                 cfg = resolve(spec.base, dotted_to_nested(variant), layer, seed_layer)
-                if check is not None:
-                    check(cfg)
             except ConfigError as exc:
-                raise ConfigError(exc.key, exc.value, f"{exc.expected} [in {where}: {_short(layer or variant)}]") from None
+                # one line per distinct problem (key and expectation; a misspelt key in every grid
+                # point is one problem): the first layer that shows it is named
+                errors.setdefault((exc.key, exc.expected), ConfigError(
+                    exc.key, exc.value, f"{exc.expected} [in {where}: {_short(layer or variant)}]"))
+                continue
             rid = run_id(cfg)
             if rid not in seen:
                 seen.add(rid)
                 runs.append(cfg)
+    if errors:
+        raise ConfigErrors.of(list(errors.values()))
     return runs
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -63,15 +64,23 @@ def _torchvision_trunk(name: str, in_channels: int) -> tuple[nn.Module, int]:
 TRUNKS = ("small_cnn", "resnet18", "resnet50", "vgg16")
 
 
-def build_trunk(cfg: ModelConfig, in_channels: int, image_size: int) -> tuple[nn.Module, int]:
-    """Trunk by name and the size of its output features."""
+def check_backbone(name: str) -> None:
+    if name not in TRUNKS:
+        raise ConfigError("model.backbone", name, f"one of {', '.join(TRUNKS)}{suggest(name, TRUNKS)}")
+
+
+def make_trunk(cfg: ModelConfig, in_channels: int, image_size: int) -> tuple[nn.Module, int]:
+    """The trunk's architecture (random weights) and the size of its output features."""
+    check_backbone(cfg.backbone)
     if cfg.backbone == "small_cnn":
         trunk = SmallCNN(in_channels, image_size, cfg.width, cfg.norm)
-        out = trunk.out_features
-    elif cfg.backbone in TRUNKS:
-        trunk, out = _torchvision_trunk(cfg.backbone, in_channels)
-    else:
-        raise ConfigError("model.backbone", cfg.backbone, f"one of {', '.join(TRUNKS)}{suggest(cfg.backbone, TRUNKS)}")
+        return trunk, trunk.out_features
+    return _torchvision_trunk(cfg.backbone, in_channels)
+
+
+def build_trunk(cfg: ModelConfig, in_channels: int, image_size: int) -> tuple[nn.Module, int]:
+    """Trunk by name, with model.pretrained's weights and model.freeze_trunk applied."""
+    trunk, out = make_trunk(cfg, in_channels, image_size)
     if cfg.pretrained:
         load_local_weights(trunk, cfg.pretrained)
     if cfg.freeze_trunk:
@@ -79,19 +88,110 @@ def build_trunk(cfg: ModelConfig, in_channels: int, image_size: int) -> tuple[nn
     return trunk, out
 
 
-def load_local_weights(trunk: nn.Module, path: str) -> None:
-    """Load trunk weights from a local file (weights_only); never from a hub."""
-    p = Path(path)
+# ---------------------------------------------------------------- checks before anything trains
+
+@functools.lru_cache(maxsize=256)  # a pure function of its (hashable) arguments
+def min_image_size(cfg: ModelConfig, in_channels: int, height: int, width: int) -> int | None:
+    """None when the trunk forwards images of height×width, else the smallest square size that works.
+
+    The trunk is built on the meta device (shapes only, no memory, no arithmetic) and given a
+    2-image batch in training mode, as a P×K batch would be.
+    """
+    if _forwards(cfg, in_channels, height, width):
+        return None
+    low, high = max(height, width), max(height, width) * 2
+    while not _forwards(cfg, in_channels, high, high):
+        low, high = high, high * 2
+        if high > 4096:
+            return high
+    while high - low > 1:  # the last failing and the first working size
+        mid = (low + high) // 2
+        low, high = (low, mid) if _forwards(cfg, in_channels, mid, mid) else (mid, high)
+    return high
+
+
+def _forwards(cfg: ModelConfig, in_channels: int, height: int, width: int) -> bool:
+    with torch.device("meta"):
+        trunk, _ = make_trunk(cfg, in_channels, width)
+        try:
+            trunk.train()(torch.zeros(2, in_channels, height, width))
+        except RuntimeError:  # "Output size is too small" and kin: the maps shrank below 1×1
+            return False
+    return True
+
+
+def check_input_size(cfg: ModelConfig, in_channels: int, height: int, width: int, source: str) -> None:
+    """ConfigError on data.image_size when the trunk cannot take the data's images (vgg16 on 8×8)."""
+    need = min_image_size(cfg, in_channels, height, width)
+    if need is not None:
+        raise ConfigError("data.image_size", width if height == width else f"{height}x{width}",
+                          f"at least {need} for model.backbone {cfg.backbone} ({source}; "
+                          f"set data.image_size: {need} or pick another backbone)")
+
+
+def read_weights(path: str) -> dict:
+    """A local weights file as a state dict (torch.load with weights_only=True); ConfigError if unusable."""
+    p = Path(path).expanduser()
     if not p.is_file():
         raise ConfigError("model.pretrained", path, "an existing local weights file (no downloads on the cluster)")
-    state = torch.load(p, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    missing, unexpected = trunk.load_state_dict(state, strict=False)
-    # heads of classification checkpoints (fc, classifier) are expected leftovers
-    unexpected = [k for k in unexpected if not k.startswith(("fc.", "classifier."))]
-    if unexpected or len(missing) > len(trunk.state_dict()) // 2:
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle.UnpicklingError, RuntimeError (zip), EOFError, ...: all "not loadable"
         raise ConfigError("model.pretrained", path,
-                          f"weights matching the trunk ({len(missing)} missing, {len(unexpected)} unexpected keys)")
+                          f"a file torch.load(weights_only=True) reads ({_why(err)})") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else state
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError("model.pretrained", path, "a state dict (parameter name -> tensor), as torch.save("
+                          "trunk.state_dict()) writes")
+    return state
+
+
+def _why(err: Exception) -> str:
+    """torch.load's reason in a few words: the WeightsUnpickler's own line, not the advice around it."""
+    text = str(err)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].strip().split("\n")[0].split(". ")[0]
+    text = " ".join(text.split())[:120] or "empty or cut short"
+    return f"{type(err).__name__}: {text}"
+
+
+def weights_mismatch(trunk: nn.Module, state: dict) -> str | None:
+    """How `state` fails to fit `trunk` (missing or unexpected keys, other shapes), or None.
+
+    Heads of classification checkpoints (fc., classifier.) are expected leftovers, and
+    BatchNorm's num_batches_tracked may be absent (older checkpoints).
+    """
+    own = trunk.state_dict()
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own and not k.startswith(("fc.", "classifier."))]
+    shapes = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if not (missing or unexpected or shapes):
+        return None
+    parts = [f"{len(missing)} missing keys (e.g. {missing[0]})" if missing else "",
+             f"{len(unexpected)} unexpected (e.g. {unexpected[0]})" if unexpected else "",
+             f"{shapes[0]} is {list(state[shapes[0]].shape)} in the file, {list(own[shapes[0]].shape)} in the trunk"
+             if shapes else ""]
+    return ", ".join(p for p in parts if p)
+
+
+def check_pretrained(cfg: ModelConfig, in_channels: int, image_size: int) -> None:
+    """model.pretrained loads with weights_only=True and fits this trunk (built on the meta device)."""
+    state = read_weights(cfg.pretrained)
+    with torch.device("meta"):
+        trunk, _ = make_trunk(cfg, in_channels, image_size)
+    problem = weights_mismatch(trunk, state)
+    if problem:
+        raise ConfigError("model.pretrained", cfg.pretrained,
+                          f"weights of the {cfg.backbone} trunk for {in_channels}-channel images ({problem})")
+
+
+def load_local_weights(trunk: nn.Module, path: str) -> None:
+    """Load trunk weights from a local file (weights_only); never from a hub."""
+    state = read_weights(path)
+    problem = weights_mismatch(trunk, state)
+    if problem:
+        raise ConfigError("model.pretrained", path, f"weights matching the trunk ({problem})")
+    trunk.load_state_dict(state, strict=False)
 
 
 class EmbeddingNet(nn.Module):
@@ -109,6 +209,14 @@ class EmbeddingNet(nn.Module):
         self.normalize = emb.normalize
         self.register_buffer("mean", mean.reshape(1, -1, 1, 1).float())
         self.register_buffer("std", std.reshape(1, -1, 1, 1).float())
+
+    def train(self, mode: bool = True) -> "EmbeddingNet":
+        """A frozen trunk (model.freeze_trunk: no trainable parameter) stays in eval mode:
+        its BatchNorm statistics stay those it was given, so the trunk stays one fixed function."""
+        super().train(mode)
+        if not any(p.requires_grad for p in self.trunk.parameters()):
+            self.trunk.eval()
+        return self
 
     def forward(self, x: torch.Tensor, return_norm: bool = False):
         if x.dtype == torch.uint8:

@@ -6,11 +6,12 @@ param space (param_space).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
 from runner.config import ConfigError, RunConfig
-from runner.launch.validate import validate_run
+from runner.launch.validate import Placement, check_runs
 from runner.spec import dotted_to_nested, load_spec, merge_layer, resolve
 
 
@@ -100,18 +101,27 @@ def trial_config(base: dict, sample: dict) -> RunConfig:
     return resolve(base, dotted_to_nested(sample))
 
 
-def validate_search(base: dict, space: dict) -> None:
-    """Resolve the base with each bound/choice of every key: unknown keys and bad values fail here."""
+def validate_search(base: dict, space: dict, s: TuneSettings) -> None:
+    """Resolve the base with each bound/choice of every key, then check all of them as a grid's runs.
+
+    Unknown keys and bad values fail while resolving; data, model, weights, device and
+    sampler problems fail in check_runs, one line each naming the base or the search values.
+    """
     try:
-        validate_run(resolve(base))
+        configs, names = [resolve(base)], ["the spec's base"]
     except ConfigError as exc:
         raise ConfigError(exc.key, exc.value, f"{exc.expected} [in the spec's base]") from None
     for key, (kind, args) in space.items():
         for value in args:  # every choice, or both bounds: every sample lies between them
             try:
-                validate_run(trial_config(base, {key: value}))
+                configs.append(trial_config(base, {key: value}))
             except ConfigError as exc:
                 raise ConfigError(f"search.{key}", value, f"{exc.expected} [{exc.key}]") from None
+            names.append(f"search.{key}={value}")
+    workers = s.workers_per_trial if s.workers_per_trial > 1 else max(1, int(s.gpus_per_trial))
+    # as trainables.build_trainable asks Ray: a GPU per DDP worker, or the trial's (fractional) share
+    gpus = (workers if s.gpus_per_trial > 0 else 0) if workers > 1 else math.ceil(s.gpus_per_trial)
+    check_runs(configs, Placement(ranks=workers, gpus=gpus, gpus_flag="tune.gpus_per_trial"), names)
 
 
 def param_space(space: dict) -> dict:
@@ -127,5 +137,5 @@ def prepare(spec_path: str, sets: list[str]) -> tuple[str, dict, dict, TuneSetti
     settings = parse_settings(spec.tune)
     space = parse_search(spec.search)
     base = trial_base(spec.base, settings, num_threads=max(1, int(settings.cpus_per_trial)))
-    validate_search(base, space)
+    validate_search(base, space, settings)
     return spec.name, base, space, settings
