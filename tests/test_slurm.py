@@ -171,7 +171,7 @@ def test_preempted_run_requeues_resumes_and_matches_uninterrupted(tmp_path, slur
         time.sleep(0.05)
     job._interrupt(timeout=False)  # preemption
     result = job.result()[0]
-    assert result["status"] == "completed"
+    assert result["status"] == "completed", (result, job.stderr()[-3000:] if job.stderr() else "")
     history = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-j", job.job_id, "-o", "State"],
                              capture_output=True, text=True).stdout.split()
     assert "REQUEUED" in history or "PREEMPTED" in history, history
