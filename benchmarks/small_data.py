@@ -56,7 +56,7 @@ from runner.spec import load_yaml, split_spec  # noqa: E402
 # data set -> (spec of its family, data overrides)
 DATASETS = {
     "digits": ("jobs/digits.yaml", {}),
-    "mnist10k": ("jobs/mnist.yaml", {"root": str(ROOT / "tests/data/mnist-10k")}),
+    "mnist10k": ("jobs/mnist.yaml", {"root": str(ROOT / "tests/assets/mnist-10k")}),
     "signs": ("jobs/signs.yaml", {}),
 }
 # recipe ablations and the loss table (item 3 of the issue): overrides laid over the recipe

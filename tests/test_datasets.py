@@ -22,7 +22,7 @@ from runner.data.packed import read_pack
 from runner.data.synthetic_signs import FAMILIES, IMAGES_PER_CLASS, generate_signs
 
 REPO = Path(__file__).resolve().parents[1]
-MNIST_10K = REPO / "tests" / "data" / "mnist-10k"
+MNIST_10K = REPO / "tests" / "assets" / "mnist-10k"
 COLOURS = {"a_red": (220, 30, 30), "b_green": (30, 200, 40), "c_blue": (30, 40, 210)}
 
 

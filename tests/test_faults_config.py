@@ -181,7 +181,7 @@ def bad_files(tmp_path_factory):
     torch.save(small.state_dict(), d / "small_cnn_w8.pt")
     (d / "empty_dir").mkdir()
     (d / "mnist_truncated").mkdir()
-    src = ROOT / "tests/data/mnist-10k"
+    src = ROOT / "tests/assets/mnist-10k"
     (d / "mnist_truncated" / "t10k-labels-idx1-ubyte.gz").write_bytes((src / "t10k-labels-idx1-ubyte.gz").read_bytes())
     (d / "mnist_truncated" / "t10k-images-idx3-ubyte.gz").write_bytes(
         (src / "t10k-images-idx3-ubyte.gz").read_bytes()[:50_000])
@@ -278,7 +278,7 @@ def _set_values(d):
     paths = st.sampled_from([str(d / n) for n in ("garbage.pt", "pickled_object.pt", "resnet18_grey.pt",
                                                    "small_cnn_w8.pt", "empty_dir", "mnist_truncated",
                                                    "folder_no_images", "folder_bad_image", "folder_two_classes",
-                                                   "not_hdf5.h5")] + ["/nope", str(ROOT / "tests/data/mnist-10k")])
+                                                   "not_hdf5.h5")] + ["/nope", str(ROOT / "tests/assets/mnist-10k")])
     return {
         "model.backbone": st.sampled_from(["small_cnn", "resnet18", "resnet50", "vgg16", "resnet19", "VGG16"]) | noise,
         "model.pretrained": paths | noise,

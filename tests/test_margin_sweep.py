@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from analysis import curves, tables
 from analysis.load import load_runs
-from analysis.synthetic import write_grid
+from tests.fixtures.fake_runs import write_grid
 from runner.spec import expand_grid, load_spec
 from tests.conftest import ROOT
 
@@ -20,7 +20,7 @@ MARGINS = [0.1, 0.3, 0.5]
 
 
 @pytest.fixture(scope="module")
-def margin_table(tmp_path_factory):
+def margin_runs(tmp_path_factory):
     """jobs/margins.yaml cut to 3 margins × 2 seeds (12 runs), as synthetic run.h5 files."""
     runs = [r for r in expand_grid(load_spec(ROOT / "jobs/margins.yaml", ["train.epochs=2"]))
             if r.seed in (0, 1) and r.loss.margin in MARGINS]
@@ -28,7 +28,26 @@ def margin_table(tmp_path_factory):
     write_grid(out, runs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return tables.config_table(load_runs(out))
+        return load_runs(out)
+
+
+@pytest.fixture(scope="module")
+def margin_table(margin_runs):
+    return tables.config_table(margin_runs)
+
+
+def test_paired_triplet_vs_contrastive_never_pairs_across_margins(margin_runs):
+    """Margins swept for both losses: each (contrastive margin, triplet margin) is its own comparison,
+    its pairs one per seed, each pair two runs that differ only in the loss."""
+    p = tables.paired_comparisons(margin_runs, metrics=("knn1",))
+    rows = p[(p["comparison"] == "triplet vs contrastive") & (p["stratum"] == "all")]
+    assert len(rows) == len(MARGINS) ** 2 and (rows["n_pairs"] == 2).all()
+    t = margin_runs.table
+    for _, r in rows.iterrows():
+        m_a, m_b = (float(x.split("m=")[1].split()[0].rstrip(")")) for x in (r["a"], r["b"]))
+        for loss, m, mean in (("ContrastiveLoss", m_a, r["mean_a"]), ("TripletMarginLoss", m_b, r["mean_b"])):
+            runs = t[(t["loss.name"] == loss) & np.isclose(t["loss.margin"], m)]
+            assert mean == pytest.approx(runs["knn1"].mean())  # the pairs are exactly those runs
 
 
 def test_margin_sweep_figure_draws_a_line_per_loss_through_the_table(margin_table):
