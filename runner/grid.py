@@ -39,7 +39,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--list", action="store_true", help="list runs with run_id and status (done/failed/missing)")
     p.add_argument("--estimate", action="store_true",
                    help="with --list: expected time per run and total hours, from completed runs in --out")
-    p.add_argument("--gpus-per-run", type=int, default=0, help="with --estimate: GPUs per run, for GPU-hours")
     p.add_argument("--pending", action="store_true", help="print the indices of runs still to do, comma-separated")
     p.add_argument("--array", action="store_true", help="print the sbatch --array value of the pending runs")
     p.add_argument("--max-parallel", type=int, default=0, help="with --array: the %% throttle (0: none)")
@@ -54,7 +53,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--tasks-per-run", type=int, default=None,
                    help="for the checks: DDP ranks each run will have (default: this process's; grid.sh passes it)")
     p.add_argument("--gpus-per-run", type=int, default=None,
-                   help="for the checks: GPUs each run will have (default: those visible here; grid.sh passes it)")
+                   help="GPUs each run will have, for the checks (default: those visible here; grid.sh passes it) "
+                        "and for GPU-hours with --estimate")
     args = p.parse_args(argv)
     if args.record_submission:
         record_grid_submission(args.manifest, args.record_submission, args.command, args.kind)
@@ -71,7 +71,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.list:
         list_runs(runs, out)
         if args.estimate:
-            print("\n".join(estimate_lines(runs, pending(runs, out, retry), out, args.gpus_per_run)))
+            print("\n".join(estimate_lines(runs, pending(runs, out, retry), out, args.gpus_per_run or 0)))
         return 0
     if args.pending or args.array:
         todo = pending(runs, out, retry)
