@@ -352,14 +352,15 @@ def identity(cfg: RunConfig) -> dict:
     a change of thread count. A default that changes moves the ids of runs that rely on it
     (tests/test_run_ids.py pins the ids of jobs/*.yaml, so such a change is seen).
     """
-    default = _default_flat()
+    default = _default_flat(type(cfg))
     return {k: v for k, v in flatten(cfg.to_dict()).items()
             if k not in EXECUTION_ONLY and (k not in default or v != default[k])}
 
 
-@functools.lru_cache(maxsize=1)
-def _default_flat() -> dict:
-    return flatten(RunConfig().to_dict())
+@functools.lru_cache(maxsize=None)
+def _default_flat(cls: type) -> dict:
+    """The flattened defaults of a config class (RunConfig, or a later version of it)."""
+    return flatten(cls().to_dict())
 
 
 def canonical_json(cfg: RunConfig) -> str:

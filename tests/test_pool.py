@@ -61,8 +61,10 @@ def test_jobs_2_gives_the_runs_of_a_sequential_grid(tmp_path, subprocess_env):
 def test_ctrl_c_stops_every_run_and_the_next_launch_resumes_them_equal(tmp_path, subprocess_env):
     path = spec(tmp_path, 6)
     cmd = [PYTHON, "-m", "runner.grid", str(path), "--run", "--jobs", "2", "--out", str(tmp_path / "par")]
+    # its own process group with Ctrl-C at its default, as a terminal's foreground job (a CI runner may
+    # have started us with SIGINT ignored, which children inherit)
     proc = subprocess.Popen(cmd, env=subprocess_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)  # its own process group, as a terminal's foreground job
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     runs = expand_grid(load_spec(path))
     ckpts = [store.run_dir(tmp_path / "par", run_id(c)) / "checkpoint.pt" for c in runs[:2]]
     deadline = time.time() + 300

@@ -239,12 +239,12 @@ def test_grid_sh_requeues_itself_on_usr2_and_the_run_resumes(tmp_path, slurm_env
                     slurm_env, tmp_path)
     assert wait_job(driver, 300) == {driver: "COMPLETED"}
     log = (tmp_path / f"driver-{driver}.out").read_text()
-    array = re.search(r"submitted array job (\d+) --array=1%16", log).group(1)
-    assert wait_job(array, 600) == {f"{array}_1": "COMPLETED"}
+    array = re.search(r"submitted array job (\d+) --array=0-0%16", log).group(1)  # one task: run 1
+    assert wait_job(array, 600) == {f"{array}_0": "COMPLETED"}
     history = subprocess.run(["sacct", "-n", "-X", "-D", "-P", "-j", array, "-o", "State"],
                              capture_output=True, text=True).stdout.split()
     assert "REQUEUED" in history, history
-    task_log = (out / "logs" / f"{array}_1.out").read_text()  # both attempts: the array appends
+    task_log = (out / "logs" / f"{array}_0.out").read_text()  # both attempts: the array appends
     assert "USR2: time is nearly up, requeueing" in task_log and "restart 1" in task_log, task_log[-3000:]
     resumed = re.search(r"resuming after epoch (\d+)", task_log)
     assert resumed and 1 <= int(resumed.group(1)) < epochs, task_log[-3000:]

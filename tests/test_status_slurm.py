@@ -101,7 +101,8 @@ def test_runs_per_task_three_trains_three_runs_in_one_task(tmp_path, env):
 
 
 def test_requeued_then_timed_out_run_is_resubmitted_with_twice_the_time_and_resumes(tmp_path, env):
-    spec, (cfg,) = make_spec(tmp_path, SPEC12.replace("epochs: 1,", "epochs: 200, save_every: 1,")
+    # 20,000 epochs of a tiny run: far more than a minute on any machine, so the limit is what ends it
+    spec, (cfg,) = make_spec(tmp_path, SPEC12.replace("epochs: 1,", "epochs: 20000, save_every: 10000,")
                              .replace("grid:\n  embedding.dim: [4, 8, 16]\n  seed: [0, 1, 2, 3]\n", ""))
     out = tmp_path / "res"
     knobs = dict(sbatch_args="--time=00:01:00", max_requeue=0)

@@ -16,6 +16,7 @@ import os
 import queue
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -48,13 +49,16 @@ def plan_jobs(jobs: str, runs: list[RunConfig], threads_per_run: Optional[int]) 
     return workers, threads or max(1, cpus // workers)
 
 
-def _worker(tasks, results, stop, out: str, retry_failed: bool, threads: int, hparam_keys: tuple = ()) -> None:
+def _worker(tasks, results, stop, out: str, retry_failed: bool, threads: int, hparam_keys: tuple = (),
+            interruptible: bool = True) -> None:
     """Take (index, config) from `tasks` until the None sentinel or `stop`; put (index, summary) on `results`.
 
     Started with SIGINT ignored (a Ctrl-C while the interpreter boots would print a traceback
-    from multiprocessing); Ctrl-C is restored here, once there is a run to stop cleanly.
+    from multiprocessing); Ctrl-C is restored here, once there is a run to stop cleanly, unless
+    the launching process ignored it too (a background job of a script): then it stays ignored.
     """
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if interruptible:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     torch.set_num_threads(threads)
     try:
         for i, cfg in iter(tasks.get, None):
@@ -63,7 +67,7 @@ def _worker(tasks, results, stop, out: str, retry_failed: bool, threads: int, hp
             results.put((i, next(run_each([cfg], out, progress=False, retry_failed=retry_failed,
                                                     hparam_keys=hparam_keys))))
     except KeyboardInterrupt:  # Ctrl-C: run_one has stopped the run (its last checkpoint stays)
-        pass
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second one (forwarded by the parent) must not cut the exit
 
 
 def run_parallel(runs: list[RunConfig], indices: list[int], out: str | Path, retry_failed: bool,
@@ -80,8 +84,9 @@ def run_parallel(runs: list[RunConfig], indices: list[int], out: str | Path, ret
     for _ in range(workers):
         tasks.put(None)
     stop = ctx.Event()
+    interruptible = signal.getsignal(signal.SIGINT) is not signal.SIG_IGN
     procs = [ctx.Process(target=_worker, args=(tasks, results, stop, str(out), retry_failed, threads,
-                                               tuple(varying_keys(runs))), daemon=True)
+                                               tuple(varying_keys(runs)), interruptible), daemon=True)
              for _ in range(workers)]
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited through exec by the spawned workers
     try:
@@ -104,7 +109,10 @@ def run_parallel(runs: list[RunConfig], indices: list[int], out: str | Path, ret
             print(f"[{i}] " + format_result(result), flush=True)
     except KeyboardInterrupt:
         stop.set()  # no worker takes another run
-        for proc in procs:  # they share our process group at a terminal; a `kill -INT` reached only us
+        deadline = time.monotonic() + 5
+        for proc in procs:  # a terminal's Ctrl-C reached them too; give them a moment to stop
+            proc.join(timeout=max(0.0, deadline - time.monotonic()))
+        for proc in procs:  # a `kill -INT` of this process alone did not: pass it on
             if proc.is_alive():
                 os.kill(proc.pid, signal.SIGINT)
         for proc in procs:

@@ -34,9 +34,13 @@ from runner.training.protocols import STRATIFIED, Protocol, evaluate_splits
 class NonFiniteLoss(RuntimeError):
     """Training diverged: the loss became NaN or infinite."""
 
-    def __init__(self, epoch: int, step: int, value: float):
+    def __init__(self, epoch: int, step: int, value: float, what: str = "loss"):
         self.epoch, self.step = epoch, step
-        super().__init__(f"non-finite loss {value} at epoch {epoch}, step {step}")
+        super().__init__(f"non-finite {what} {value} at epoch {epoch}, step {step}")
+
+
+class NonFiniteEmbeddings(ValueError):
+    """The model's embeddings hold NaN or inf (its weights diverged): no metric means anything."""
 
 
 @dataclass
@@ -200,6 +204,9 @@ def evaluate_epoch(parts: Parts, splits: Splits, data: DeviceData, env: DistEnv,
         emb[name] = embed(parts.model, images, env)
     if data.val_images is not None:
         emb["val"] = embed(parts.model, data.val_images, env)
+    bad = [name for name, e in emb.items() if not torch.isfinite(e).all()]
+    if bad:
+        raise NonFiniteEmbeddings(f"non-finite embeddings of {', '.join(bad)}")
     metrics = evaluate_splits(protocol, splits, emb)
     return metrics, {name: emb[name] for name in protocol.stored_splits}
 
@@ -208,7 +215,10 @@ def record_epoch(parts: Parts, splits: Splits, data: DeviceData, env: DistEnv, s
                  save_every: int, train_s: float, protocol: Protocol = STRATIFIED) -> None:
     """Evaluate, append the epoch's row to state.epochs and keep the embeddings to store."""
     t0 = time.perf_counter()
-    metrics, stored = evaluate_epoch(parts, splits, data, env, protocol)
+    try:
+        metrics, stored = evaluate_epoch(parts, splits, data, env, protocol)
+    except NonFiniteEmbeddings:  # the weights diverged in the last steps: fail the run where it happened
+        raise NonFiniteLoss(state.epoch, len(state.steps["step"]) - 1, float("nan"), "embeddings") from None
     epoch = state.epoch
     losses_this = [l for e, l in zip(state.steps["epoch"], state.steps["loss"]) if e == epoch]
     state.epochs.append({"epoch": epoch, "train_loss": float(np.mean(losses_this)) if losses_this else float("nan"),
