@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -33,12 +34,24 @@ def catalog_path(out: str | Path) -> Path:
 
 
 def connect(out: str | Path) -> sqlite3.Connection:
-    """The catalog of `out`, created when missing; WAL, and writers wait up to 60 s for each other."""
+    """The catalog of `out`, created when missing; WAL, and writers wait up to 60 s for each other.
+
+    Turning a new file to WAL (and creating the table) is answered `database is locked` at once,
+    without SQLite's busy wait, when several processes create the catalog together: retried here.
+    """
     con = sqlite3.connect(catalog_path(out), timeout=60, isolation_level=None)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses at most the last commits, never corrupts
-    con.execute(SCHEMA)
-    return con
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses at most the last commits
+            con.execute(SCHEMA)
+            return con
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                con.close()
+                raise
+            time.sleep(0.05)
 
 
 def row_from_attrs(attrs: dict, h5_mtime: float) -> tuple:
