@@ -25,7 +25,7 @@ from runner.launch.estimate import estimate_lines
 from runner.launch.many import array_ranges, check_indices, pending, run_indices, run_statuses, varying_keys
 from runner.launch.pool import plan_jobs, run_parallel
 from runner.launch.validate import Placement, expand_checked
-from runner.spec import expand_grid, load_spec, read_manifest, write_manifest  # noqa: F401 (grid.expand_grid)
+from runner.spec import load_spec, read_manifest, write_manifest
 
 
 @command

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from runner import grid, store
+from runner.spec import expand_grid, load_spec
 from runner.config import run_id
 from runner.launch.run import run_one
 from runner.store import RunLocked, run_lock
@@ -30,7 +31,7 @@ def write_spec(tmp_path, body: str, name: str = "spec.yaml"):
 
 
 def test_exercise_expands_to_60_distinct_runs():
-    runs = grid.expand_grid(grid.load_spec(ROOT / "jobs/exercise.yaml"))
+    runs = expand_grid(load_spec(ROOT / "jobs/exercise.yaml"))
     assert len(runs) == 60 and len({run_id(r) for r in runs}) == 60
     assert sorted({r.embedding.dim for r in runs}) == [2, 8, 16, 32, 64] and {r.seed for r in runs} == {0, 1, 2}
     assert {(r.loss.name, r.miner.name) for r in runs} == {
@@ -45,11 +46,11 @@ def test_variants_grid_include_seeds_and_dedup(tmp_path):
         include: [{embedding.dim: 16}, {embedding.dim: 4, train.lr: 0.001, loss: {name: contrastive}, miner: {name: null}}]
         seeds: [0, 1]
         """)
-    runs = grid.expand_grid(grid.load_spec(spec))
+    runs = expand_grid(load_spec(spec))
     # 2 variants × 4 grid points × 2 seeds + 1 new include × 2 seeds; the second include is variant 1 at dim 4
     assert len(runs) == 2 * 4 * 2 + 2
     assert runs[-1].embedding.dim == 16 and runs[-1].seed == 1 and runs[-1].loss.name == "TripletMarginLoss"
-    assert len(grid.expand_grid(grid.load_spec(spec, ["train.epochs=2"]))) == 18
+    assert len(expand_grid(load_spec(spec, ["train.epochs=2"]))) == 18
 
 
 def test_one_bad_combination_exits_2_with_one_line(tmp_path, capsys):
@@ -88,7 +89,7 @@ def test_manifest_freezes_runs_against_spec_edits(tmp_path, capsys):
 def test_pending_skips_done_and_failed_unless_retrying(tmp_path, capsys):
     spec = write_spec(tmp_path, "grid: {embedding.dim: [4, 8, 16]}\n")
     out = tmp_path / "res"
-    runs = grid.expand_grid(grid.load_spec(spec))
+    runs = expand_grid(load_spec(spec))
     fake_done(out, runs[0])
     fake_done(out, runs[1], "failed")
     assert grid.pending(runs, out) == [2]
@@ -110,7 +111,7 @@ def test_array_ranges():
 def test_locked_run_is_running_and_skipped(tmp_path, capsys):
     spec = write_spec(tmp_path, "grid: {embedding.dim: [4]}\n")
     out = tmp_path / "res"
-    runs = grid.expand_grid(grid.load_spec(spec))
+    runs = expand_grid(load_spec(spec))
     with run_lock(store.run_dir(out, run_id(runs[0]))):  # another launcher is training it
         assert grid.run_statuses(runs, out) == ["running"] and grid.pending(runs, out) == []
         with pytest.raises(RunLocked):
@@ -130,7 +131,7 @@ def test_two_concurrent_launches_of_one_run_leave_one_valid_result(tmp_path, sub
     assert [p.returncode for p in procs] == [0, 0]
     # one trains it; the other finds it locked, or completed already: both say "skipped"
     assert sum("completed" in o and "skipped" not in o for o in outputs) == 1, outputs
-    runs = grid.expand_grid(grid.load_spec(spec))
+    runs = expand_grid(load_spec(spec))
     assert grid.run_statuses(runs, out) == ["completed"]
     data = store.read_run(store.run_path(out, run_id(runs[0])))
     assert data["attrs"]["status"] == "completed"

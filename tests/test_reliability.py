@@ -12,7 +12,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 
@@ -21,7 +20,7 @@ import pytest
 
 from runner import grid, store
 from runner.config import ConfigError, run_id
-from runner.spec import resolve
+from runner.spec import expand_grid, load_spec, resolve
 from runner.launch.run import run_one
 from tests.conftest import PYTHON, ROOT, start_train_until_checkpoint, tiny_layer
 
@@ -332,7 +331,7 @@ def test_diverging_run_fails_and_grid_goes_on(tmp_path):
         {"train.lr": 1e12, "train.optimizer": "sgd", "loss.name": "ContrastiveLoss", "miner.name": None,
          "embedding.normalize": False},
         {"seed": 1}]}))
-    runs = grid.expand_grid(grid.load_spec(spec))  # the base run, the diverging one, seed 1
+    runs = expand_grid(load_spec(spec))  # the base run, the diverging one, seed 1
     assert grid.run_indices(runs, [0, 1, 2], str(tmp_path / "out"), retry_failed=False) == 1
     assert grid.run_statuses(runs, tmp_path / "out") == ["completed", "failed", "completed"]
     attrs = store.read_attrs(store.run_path(tmp_path / "out", run_id(runs[1])))
@@ -351,7 +350,7 @@ def test_two_launches_of_one_grid_run_each_run_once(tmp_path, subprocess_env):
                               text=True) for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
-    runs = grid.expand_grid(grid.load_spec(spec))
+    runs = expand_grid(load_spec(spec))
     trained = [line for o, _ in outs for line in o.splitlines()
                if ": completed" in line and "skipped" not in line]
     assert sorted(line.split()[2].rstrip(":") for line in trained) == sorted(run_id(r) for r in runs)

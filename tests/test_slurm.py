@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from runner import grid, store
+from runner.spec import expand_grid, load_spec
 from runner.launch import status
 from runner.store import submissions
 from runner.config import run_id
@@ -69,7 +70,7 @@ def wait_job(job: str, timeout_s: float = 240, n_tasks: int = 1) -> dict:
 def make_spec(tmp_path, body: str = SPEC):
     path = tmp_path / "spec.yaml"
     path.write_text(textwrap.dedent(body))
-    return path, grid.expand_grid(grid.load_spec(path))
+    return path, expand_grid(load_spec(path))
 
 
 def assert_all_completed(out, runs):
@@ -114,7 +115,7 @@ def test_grid_sh_packed_mode(tmp_path, slurm_env):
 def test_submit_slurm_executor_ddp_then_nothing_to_do(tmp_path, slurm_env):
     """An array of 2 runs, each a 2-task DDP run (tasks_per_node=2), then the same command again."""
     spec, _ = make_spec(tmp_path)
-    runs = grid.expand_grid(grid.load_spec(spec, ["model.norm=group"]))
+    runs = expand_grid(load_spec(spec, ["model.norm=group"]))
     out = tmp_path / "res"
     cmd = [PYTHON, "-m", "runner.submit", str(spec), "--out", str(out), "--executor", "slurm", "--set",
            "model.norm=group", "--tasks-per-run", "2", "--cpus-per-task", "1", "--timeout-min", "10", "--wait"]
@@ -143,7 +144,7 @@ def test_two_task_ddp_run_via_srun(tmp_path, slurm_env):
                        env=slurm_env, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stdout + p.stderr
     assert p.stdout.count("completed") == 1  # only rank 0 reports
-    cfg = grid.expand_grid(grid.load_spec(spec, ["model.norm=group"]))[0]
+    cfg = expand_grid(load_spec(spec, ["model.norm=group"]))[0]
     attrs = store.read_run(store.run_path(out, run_id(cfg)))["attrs"]
     assert attrs["status"] == "completed" and attrs["world_size"] == 2 and attrs["launcher"] == "slurm"
 
@@ -155,7 +156,7 @@ def test_preempted_run_requeues_resumes_and_matches_uninterrupted(tmp_path, slur
     from runner.launch.submitit_jobs import GridTask
     from runner.launch.run import run_one
     spec, _ = make_spec(tmp_path, SPEC.replace("epochs: 1", "epochs: 10, save_every: 1"))
-    cfg = grid.expand_grid(grid.load_spec(spec))[0]
+    cfg = expand_grid(load_spec(spec))[0]
     out = tmp_path / "res"
     executor = submitit.AutoExecutor(folder=tmp_path / "submitit" / "%j", cluster="slurm")
     executor.update_parameters(timeout_min=10, cpus_per_task=1, tasks_per_node=1,

@@ -15,7 +15,7 @@ from typing import Iterable, Iterator, Optional
 from runner import dist, store
 from runner.config import ConfigError, RunConfig, flatten, run_id
 from runner.launch.run import run_one
-from runner.launch.summary import format_result
+from runner.launch.summary import report_result
 
 LOCKED = "locked"
 """Summary status of a run skipped because another process trains it."""
@@ -57,9 +57,7 @@ def run_indices(runs: list[RunConfig], indices: list[int], out: str | Path, retr
     results = run_each((runs[i] for i in indices), out, env, retry_failed=retry_failed,
                        hparam_keys=tuple(varying_keys(runs)))
     for i, result in zip(indices, results):
-        failures += result["status"] == "failed"
-        if env.is_main:
-            print(f"[{i}] " + format_result(result), flush=True)
+        failures += report_result(i, result) if env.is_main else result["status"] == "failed"
     return 1 if failures else 0
 
 

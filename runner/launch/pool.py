@@ -24,7 +24,7 @@ import torch
 
 from runner.config import RunConfig
 from runner.launch.many import run_each, varying_keys
-from runner.launch.summary import format_result
+from runner.launch.summary import report_result
 
 
 def available_cpus() -> int:
@@ -105,8 +105,7 @@ def run_parallel(runs: list[RunConfig], indices: list[int], out: str | Path, ret
                     return 1
                 continue
             done += 1
-            failures += result["status"] == "failed"
-            print(f"[{i}] " + format_result(result), flush=True)
+            failures += report_result(i, result)
     except KeyboardInterrupt:
         stop.set()  # no worker takes another run
         deadline = time.monotonic() + 5

@@ -24,3 +24,9 @@ def format_result(result: dict) -> str:
     if result.get("error"):
         lines.append(f"  error: {result['error']}")
     return "\n".join(lines)
+
+
+def report_result(index: int, result: dict) -> bool:
+    """Print one grid run's summary under its index; True when the run failed (the exit code counts it)."""
+    print(f"[{index}] " + format_result(result), flush=True)
+    return result["status"] == "failed"
