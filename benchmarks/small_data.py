@@ -1,10 +1,16 @@
 """Small-data benchmark: the runner's default recipe vs a bare PML loop vs classical baselines.
 
 For each data set and n_per_class (training images kept per class; the test split is
-untouched) and each seed, one row per method: 1-NN and MAP@R of test queries against
-train references (as the runner scores runs). Seed s sets both the training seed and
-data.split_seed, so the mean ± 95% CI covers the choice of the n training images too,
-and every method of a (data set, n, seed) cell sees the very same split.
+untouched) and each seed, one row per method: 1-NN, P@1, Recall@1, MAP@R and NMI by the
+split's protocol, recomputed from the embeddings by analysis.metrics (scikit-learn and numpy
+in float64, independent of runner.training.evaluate):
+  --split stratified      test queries against the training references (as the runner scores runs)
+  --split class_disjoint  the training part holds some classes, the test part the others
+                          (CLASS_DISJOINT: digits and MNIST 0-4 vs 5-9, signs half its classes drawn
+                          from the seed); every method is fitted on the training classes only and
+                          scored leave-one-out among the test images (each query against all others)
+Seed s sets both the training seed and data.split_seed, so the mean ± 95% CI covers the choice
+of the n training images too, and every method of a (data set, n, seed) cell sees the very same split.
 
 Methods:
   recipe         the shipped spec of the data set's family (jobs/*.yaml over the defaults),
@@ -23,6 +29,7 @@ capped by --max-steps (the cosine schedule spans the resulting steps).
   python benchmarks/small_data.py --datasets digits --n-per-class 10 25 --seeds 0 1 2
   python benchmarks/small_data.py --datasets signs --variants no_aug random_batches
   python benchmarks/small_data.py --folder /data/tsinghua_crops --idx /data/mnist --n-per-class 10
+  python benchmarks/small_data.py --split class_disjoint --n-per-class all --methods recipe raw pca pca+lda
   python benchmarks/small_data.py --quick                           # a minute: code path only
 Rows are appended to OUT/rows.csv as they finish (a rerun skips them); the table is
 printed and written to OUT/table.md and OUT/table.csv.
@@ -50,7 +57,7 @@ from runner.launch.run import build_run_parts
 from runner.training import engine  # noqa: E402
 from runner.config import RunConfig
 from runner.spec import resolve  # noqa: E402
-from runner.training.evaluate import compute_metrics  # noqa: E402
+from analysis.metrics import compute_metrics  # noqa: E402
 from runner.spec import load_yaml, split_spec  # noqa: E402
 
 # data set -> (spec of its family, data overrides)
@@ -77,14 +84,30 @@ VARIANTS = {
     "dbl+miner": {"loss": {"name": "DBLLoss", "margin": 1.0},
                   "miner": {"name": "PairMarginMiner", "params": {"pos_margin": 0.0, "neg_margin": 0.5}}},
 }
+# data overrides of the class-disjoint protocol: the classes held out for test
+CLASS_DISJOINT = {
+    "digits": {"split": "class_disjoint", "test_classes": ["5", "6", "7", "8", "9"]},
+    "mnist10k": {"split": "class_disjoint", "test_classes": ["5", "6", "7", "8", "9"]},
+    "signs": {"split": "class_disjoint", "test_fraction": 0.5},  # 22 of 43 classes, drawn from split_seed
+}
+SPLITS = ("stratified", "class_disjoint")
 BASELINES = ("raw", "pca", "pca+lda", "pca+nca")
 PCA_DIM = 64
 NCA_MAX_ITER = 50
 NCA_MAX_SAMPLES = 1000
-FIELDS = ("dataset", "n_per_class", "method", "seed", "knn1", "map_at_r", "steps", "time_s")
+FIELDS = ("dataset", "split", "n_per_class", "method", "seed", "knn1", "p_at_1", "recall_at_1", "map_at_r", "nmi",
+          "steps", "time_s")
+METRICS = ("knn1", "p_at_1", "recall_at_1", "map_at_r", "nmi")
 
 
 # ---------------------------------------------------------------- configs and splits
+
+def split_data(dataset: str, split: str) -> dict:
+    """Data overrides of a split protocol: none for stratified, CLASS_DISJOINT's for class_disjoint."""
+    if split == "stratified":
+        return {}
+    return CLASS_DISJOINT.get(dataset, {"split": "class_disjoint", "test_fraction": 0.5})
+
 
 def base_layers(dataset: str, extra_data: dict | None = None) -> list[dict]:
     """The spec of the data set's family plus its data overrides, as resolve() layers."""
@@ -100,7 +123,7 @@ def base_layers(dataset: str, extra_data: dict | None = None) -> list[dict]:
 
 def recipe_config(dataset: str, n: int | None, seed: int, variant: str | None, args) -> RunConfig:
     overrides = VARIANTS.get(variant, {}) if variant else {}
-    run = {"data": {"n_per_class": n, "split_seed": seed}, "seed": seed,
+    run = {"data": {**split_data(dataset, args.split), "n_per_class": n, "split_seed": seed}, "seed": seed,
            "train": {"num_threads": args.threads, "device": "cpu", "deterministic": False}}
     return resolve(*base_layers(dataset), run, overrides)
 
@@ -117,9 +140,15 @@ def scaled_epochs(cfg: RunConfig, steps_per_epoch: int, args, floor: bool = True
 
 # ---------------------------------------------------------------- methods
 
-def score(train_emb, y_tr, test_emb, y_te) -> dict:
-    m = compute_metrics(torch.as_tensor(test_emb).float(), y_te, torch.as_tensor(train_emb).float(), y_tr)
-    return {"knn1": m["knn1"], "map_at_r": m["map_at_r"]}
+def score(train_emb, y_tr, test_emb, y_te, split: str) -> dict:
+    """analysis.metrics of the test embeddings: against the training ones (stratified), or
+    leave-one-out among themselves (class_disjoint: the training classes hold no match)."""
+    test_emb, y_te = np.asarray(test_emb, dtype=np.float64), np.asarray(y_te)
+    if split == "class_disjoint":
+        m = compute_metrics(test_emb, y_te, recall_at=(1,))
+    else:
+        m = compute_metrics(test_emb, y_te, np.asarray(train_emb, dtype=np.float64), np.asarray(y_tr), recall_at=(1,))
+    return {k: m[k] for k in METRICS}
 
 
 def run_recipe(cfg: RunConfig, args, floor: bool = True) -> dict:
@@ -138,12 +167,13 @@ def run_recipe(cfg: RunConfig, args, floor: bool = True) -> dict:
     for epoch in range(1, epochs + 1):
         engine.train_one_epoch(parts, engine.DeviceData.of(splits, parts.device), epoch, state, cfg.seed, cfg.train.grad_clip)
     train_s = time.perf_counter() - t0
-    metrics, _ = engine.evaluate_epoch(parts, splits, engine.DeviceData.of(splits, parts.device), env)
-    return {"knn1": metrics["knn1"], "map_at_r": metrics["map_at_r"], "steps": len(state.steps["step"]),
-            "time_s": train_s}
+    data = engine.DeviceData.of(splits, parts.device)
+    train_emb, test_emb = engine.embed(parts.model, data.images, env), engine.embed(parts.model, data.test_images, env)
+    return {**score(train_emb, splits.train.labels, test_emb, splits.test.labels, args.split),
+            "steps": len(state.steps["step"]), "time_s": train_s}
 
 
-def run_bare(cfg: RunConfig, splits, steps: int) -> dict:
+def run_bare(cfg: RunConfig, splits, steps: int, split: str) -> dict:
     """The bare loop with the recipe's step budget and batch size (capped at n_train)."""
     from bare_loop import bare_embed, bare_train
     x_tr, x_te = splits.train.images.float() / 255, splits.test.images.float() / 255
@@ -151,7 +181,7 @@ def run_bare(cfg: RunConfig, splits, steps: int) -> dict:
     batch = min(cfg.train.batch_size, len(y_tr))
     epochs = max(1, math.ceil(steps / (len(y_tr) // batch)))
     model, secs, done = bare_train(x_tr, y_tr, epochs=epochs, dim=cfg.embedding.dim, batch_size=batch, seed=cfg.seed)
-    return {**score(bare_embed(model, x_tr), y_tr, bare_embed(model, x_te), splits.test.labels),
+    return {**score(bare_embed(model, x_tr), y_tr, bare_embed(model, x_te), splits.test.labels, split),
             "steps": done, "time_s": secs}
 
 
@@ -163,7 +193,8 @@ def _subsample(labels: np.ndarray, n_max: int) -> np.ndarray:
     return np.sort(np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:per] for c in np.unique(labels)]))
 
 
-def run_baseline(method: str, splits) -> dict:
+def run_baseline(method: str, splits, split: str) -> dict:
+    """Fitted on the training split (its classes only, class_disjoint), then scored like the recipe."""
     from sklearn.decomposition import PCA
     from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
     from sklearn.neighbors import NeighborhoodComponentsAnalysis
@@ -186,7 +217,7 @@ def run_baseline(method: str, splits) -> dict:
             nca = NeighborhoodComponentsAnalysis(init="pca", max_iter=NCA_MAX_ITER, random_state=0)
             nca.fit(x_tr[keep], y_tr[keep])
             x_tr, x_te = nca.transform(x_tr), nca.transform(x_te)
-    return {**score(x_tr, splits.train.labels, x_te, splits.test.labels), "steps": 0,
+    return {**score(x_tr, splits.train.labels, x_te, splits.test.labels, split), "steps": 0,
             "time_s": time.perf_counter() - t0}
 
 
@@ -196,7 +227,7 @@ def cell_rows(dataset: str, n: int | None, seed: int, methods: list[str], done: 
     """Rows of one (data set, n_per_class, seed) cell; methods already in `done` are skipped."""
     from runner.launch.run import prepare_data
     n_key = "all" if n is None else str(n)
-    todo = [m for m in methods if (dataset, n_key, m, str(seed)) not in done]
+    todo = [m for m in methods if (dataset, args.split, n_key, m, str(seed)) not in done]
     if not todo:
         return
     cfg = recipe_config(dataset, n, seed, None, args)
@@ -204,16 +235,17 @@ def cell_rows(dataset: str, n: int | None, seed: int, methods: list[str], done: 
     recipe_steps = None
     for method in todo:
         if method in BASELINES:
-            result = run_baseline(method, splits)
+            result = run_baseline(method, splits, args.split)
         elif method == "bare":
             if recipe_steps is None:
                 per_epoch = len(make_sampler(cfg.train, splits.train.labels, seed, dist.from_environ({})))
                 recipe_steps = scaled_epochs(cfg, per_epoch, args) * per_epoch
-            result = run_bare(cfg, splits, recipe_steps)
+            result = run_bare(cfg, splits, recipe_steps, args.split)
         else:
             variant = None if method == "recipe" else method
             result = run_recipe(recipe_config(dataset, n, seed, variant, args), args, floor=method != "no_step_floor")
-        yield {"dataset": dataset, "n_per_class": n_key, "method": method, "seed": seed, **result}
+        yield {"dataset": dataset, "split": args.split, "n_per_class": n_key, "method": method, "seed": seed,
+               **result}
 
 
 def ci95(values: list[float]) -> float:
@@ -224,31 +256,32 @@ def ci95(values: list[float]) -> float:
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Mean ± 95% CI over seeds per (data set, n, method), in a stable order."""
+    """Mean ± 95% CI over seeds per (data set, split, n, method), in a stable order."""
     groups: dict = {}
     for r in rows:
-        groups.setdefault((r["dataset"], r["n_per_class"], r["method"]), []).append(r)
+        groups.setdefault((r["dataset"], r.get("split") or "stratified", r["n_per_class"], r["method"]), []).append(r)
     order = ["recipe", "bare", *BASELINES, *VARIANTS]
     n_rank = lambda n: 10**9 if n == "all" else int(n)  # noqa: E731
     out = []
-    for (ds, n, m), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], n_rank(kv[0][1]),
-                                                                   order.index(kv[0][2]) if kv[0][2] in order else 99)):
-        k1, mp = [float(r["knn1"]) for r in rs], [float(r["map_at_r"]) for r in rs]
-        out.append({"dataset": ds, "n_per_class": n, "method": m, "seeds": len(rs),
-                    "knn1": np.mean(k1), "knn1_ci": ci95(k1), "map_at_r": np.mean(mp), "map_at_r_ci": ci95(mp),
-                    "steps": int(np.mean([float(r["steps"]) for r in rs])),
+    for (ds, split, n, m), rs in sorted(groups.items(), key=lambda kv: (
+            kv[0][0], kv[0][1], n_rank(kv[0][2]), order.index(kv[0][3]) if kv[0][3] in order else 99)):
+        row = {"dataset": ds, "split": split, "n_per_class": n, "method": m, "seeds": len(rs)}
+        for k in METRICS:  # rows written before a metric was recorded leave it empty: nan
+            v = [float(r.get(k) or "nan") for r in rs]
+            row.update({k: float(np.mean(v)), f"{k}_ci": ci95(v)})
+        out.append({**row, "steps": int(np.mean([float(r["steps"]) for r in rs])),
                     "time_s": np.mean([float(r["time_s"]) for r in rs])})
     return out
 
 
 def markdown(summary: list[dict]) -> str:
     fmt = lambda m, c: f"{m:.3f}" + ("" if math.isnan(c) else f" ± {c:.3f}")  # noqa: E731
-    lines = ["| data set | n/class | method | seeds | 1-NN | MAP@R | steps | train s |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| data set | split | n/class | method | seeds | MAP@R | P@1 | Recall@1 | 1-NN | NMI | steps | train s |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for s in summary:
-        lines.append(f"| {s['dataset']} | {s['n_per_class']} | {s['method']} | {s['seeds']} | "
-                     f"{fmt(s['knn1'], s['knn1_ci'])} | {fmt(s['map_at_r'], s['map_at_r_ci'])} | "
-                     f"{s['steps']} | {s['time_s']:.0f} |")
+        cells = " | ".join(fmt(s[k], s[f"{k}_ci"]) for k in ("map_at_r", "p_at_1", "recall_at_1", "knn1", "nmi"))
+        lines.append(f"| {s['dataset']} | {s['split']} | {s['n_per_class']} | {s['method']} | {s['seeds']} | "
+                     f"{cells} | {s['steps']} | {s['time_s']:.0f} |")
     return "\n".join(lines)
 
 
@@ -262,8 +295,9 @@ def read_rows(path: Path) -> list[dict]:
 def append_row(path: Path, row: dict) -> None:
     """One row per write: an interrupted run keeps every finished row."""
     new = not path.is_file()
+    header = FIELDS if new else next(csv.reader(open(path, newline="")))  # an older file keeps its columns
     with open(path, "a", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=FIELDS)
+        writer = csv.DictWriter(fh, fieldnames=header, extrasaction="ignore")
         if new:
             writer.writeheader()
         writer.writerow({k: row.get(k, "") for k in FIELDS})
@@ -286,6 +320,8 @@ def parse_args(argv):
     p.add_argument("--folder", action="append", default=[], help="a class-folder data set (repeatable)")
     p.add_argument("--idx", action="append", default=[], help="a directory of MNIST-style idx files (repeatable)")
     p.add_argument("--n-per-class", nargs="+", default=["5", "10", "25", "all"])
+    p.add_argument("--split", default="stratified", choices=SPLITS,
+                   help="protocol: stratified (test vs train) or class_disjoint (unseen classes, leave-one-out)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=["recipe", "bare", *BASELINES],
                    choices=["recipe", "bare", *BASELINES, *VARIANTS])
@@ -315,11 +351,13 @@ def main(argv=None) -> int:
             for n_raw in args.n_per_class:
                 n = None if n_raw == "all" else int(n_raw)
                 # read again per cell: two processes may share OUT and split the cells between them
-                done = {(r["dataset"], r["n_per_class"], r["method"], r["seed"]) for r in read_rows(rows_path)}
+                done = {(r["dataset"], r.get("split") or "stratified", r["n_per_class"], r["method"], r["seed"])
+                        for r in read_rows(rows_path)}
                 for row in cell_rows(dataset, n, seed, methods, done, args):
                     append_row(rows_path, row)
-                    print(f"{row['dataset']} n={row['n_per_class']} seed={seed} {row['method']:>16}: "
-                          f"1-NN {row['knn1']:.3f}  MAP@R {row['map_at_r']:.3f}  ({row['time_s']:.0f} s)", flush=True)
+                    print(f"{row['dataset']} {args.split} n={row['n_per_class']} seed={seed} {row['method']:>16}: "
+                          f"MAP@R {row['map_at_r']:.3f}  P@1 {row['p_at_1']:.3f}  1-NN {row['knn1']:.3f}  "
+                          f"({row['time_s']:.0f} s)", flush=True)
     print(write_tables(out, read_rows(rows_path)))
     return 0
 

@@ -111,6 +111,9 @@ class DataConfig:
     """A regular expression with one capture group, searched in each image's file name (e.g. ^(\\d+)_
     for <track>_<frame>.ppm): images of a class with the same captured text are one group, kept on
     one side of the stratified train/test and train/val cuts. None: images are split one by one."""
+    test_classes: Optional[tuple[str, ...]] = None
+    """class_disjoint: the class names held out for test (e.g. ["5", "6", "7", "8", "9"] for digits 0-4
+    vs 5-9), the rest trained on; None holds out round(test_fraction · classes) drawn from split_seed."""
 
 
 @dataclass(frozen=True)
@@ -227,6 +230,11 @@ def validate(cfg: RunConfig) -> None:
            "stratified, class_disjoint or official")
     if d.group_by is not None:
         check_group_by(d.group_by)
+    if d.test_classes is not None:
+        _check(d.split == "class_disjoint", "data.test_classes", list(d.test_classes),
+               f"null unless data.split is class_disjoint (it is {d.split})")
+        _check(len(d.test_classes) >= 1 and len(set(d.test_classes)) == len(d.test_classes), "data.test_classes",
+               list(d.test_classes), "a list of distinct class names, at least one")
     _check(d.n_per_class is None or d.n_per_class >= 2, "data.n_per_class", d.n_per_class, "an integer >= 2 or null")
     _check(d.min_images_per_class >= 2, "data.min_images_per_class", d.min_images_per_class, "an integer >= 2")
     _check(d.image_size is None or d.image_size >= 8, "data.image_size", d.image_size, "an integer >= 8 or null")
@@ -298,7 +306,7 @@ _TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "tru
 def _describe(tp: Any) -> str:
     args = typing.get_args(tp)
     if typing.get_origin(tp) is typing.Union:
-        return " or ".join("null" if a is type(None) else _TYPE_WORDS.get(a, str(a)) for a in args)
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
     if typing.get_origin(tp) is tuple:
         return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(args[0], str(args[0]))
     return _TYPE_WORDS.get(tp, str(tp))
@@ -330,7 +338,8 @@ def build(cls: type, data: Any, prefix: str = "") -> Any:
             value = float(value)
         if not _type_ok(value, tp):
             raise ConfigError(f"{prefix}{key}", value, _describe(tp))
-        kwargs[key] = tuple(value) if typing.get_origin(tp) is tuple else value
+        # a list for a tuple field, or for an Optional tuple one: frozen configs stay hashable
+        kwargs[key] = tuple(value) if isinstance(value, list) else value
     return cls(**kwargs)
 
 

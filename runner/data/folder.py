@@ -1,4 +1,5 @@
-"""One sub-folder of images per class (Tsinghua crops, any ImageFolder layout)."""
+"""One sub-folder of images per class (Tsinghua crops, any ImageFolder layout), or such folders
+under train/, query/ and gallery/: the set's own split, retrieved as query/gallery (split: official)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from runner.data.image_set import DataShape, ImageSet
 from runner.data.paths import DEFAULT_SIZE, DOCS, IMAGE_SUFFIXES, one_line, root_dir
 
 FOLDER_LAYOUT = "a directory with one sub-folder of images per class"
+PARTS = ("train", "query", "gallery")
+SPLIT_LAYOUT = "a directory with train/, query/ and gallery/, each holding one sub-folder of images per class"
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "F")
 
 
@@ -29,9 +32,32 @@ def list_folder(root: Path) -> tuple[list[str], list[Path], list[int]]:
     return class_names, files, labels
 
 
+def _split_folder_files(root: Path) -> ImageFiles:
+    """train/, query/ and gallery/ class folders: one class list (the union of their names, sorted),
+    the part each file came from as the set's own split. A class may be in the gallery only
+    (distractors) or in query and gallery only (unseen in training)."""
+    listed = {part: list_folder(root / part) if (root / part).is_dir() else ([], [], []) for part in PARTS}
+    empty = [f"{part}/" for part in PARTS if not listed[part][1]]
+    if empty:
+        raise ConfigError("data.root", str(root), f"{SPLIT_LAYOUT}; {' and '.join(empty)} holds no images ({DOCS})")
+    class_names = sorted(set().union(*(names for names, _, _ in listed.values())))
+    ids = {name: i for i, name in enumerate(class_names)}
+    paths, labels, partition = [], [], []
+    for part, (names, files, part_labels) in listed.items():
+        paths += [p.relative_to(root).as_posix() for p in files]
+        labels += [ids[names[label]] for label in part_labels]
+        partition += [part] * len(files)
+    return ImageFiles(root, paths, np.asarray(labels, dtype=np.int64), class_names, np.arange(len(paths)),
+                      SPLIT_LAYOUT, partition=np.asarray(partition),
+                      meta={"family": "folder", "official": "train/ vs query/ and gallery/ sub-folders"})
+
+
 def folder_files(cfg: DataConfig) -> ImageFiles:
-    """The class folders' image files (classes by name, then files by name)."""
+    """The class folders' image files (classes by name, then files by name); with query/ and
+    gallery/ sub-folders, those of train/, query/ and gallery/ in that order."""
     root = root_dir(cfg, FOLDER_LAYOUT)
+    if (root / "query").is_dir() and (root / "gallery").is_dir():
+        return _split_folder_files(root)
     class_names, files, labels = list_folder(root)
     if not files:
         raise ConfigError("data.root", str(root), f"sub-folders holding {'/'.join(sorted(IMAGE_SUFFIXES))} "

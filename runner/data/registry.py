@@ -69,8 +69,9 @@ FILE_SETS: dict[str, Callable[[DataConfig], ImageFiles]] = {
 ROOT_KINDS = {"mnist": "dir", "fashion_mnist": "dir", "folder": "dir", "lfw": "dir", "h5": "file",
               "cub": "dir", "cars": "dir", "sop": "dir", "inshop": "dir"}
 """Loaders that read data.root, and whether it names a directory or a file."""
-NO_OFFICIAL_SPLIT = ("digits", "signs", "folder")
-"""Sets that define no split of their own (data.split: official is refused before loading)."""
+NO_OFFICIAL_SPLIT = ("digits", "signs")
+"""Sets that define no split of their own (data.split: official is refused before loading); a folder
+has one only with train/, query/ and gallery/ sub-folders (checked once data.root is known)."""
 
 
 def describe_digits(cfg: DataConfig) -> DataShape:
@@ -143,6 +144,10 @@ def check_data(cfg: DataConfig) -> None:
     if root is None or not (root.is_dir() if kind == "dir" else root.is_file()):
         what = "an existing directory" if kind == "dir" else "an existing file"
         raise ConfigError("data.root", cfg.root, f"{what} for data.name {cfg.name} ({DOCS})")
+    if cfg.split == "official" and cfg.name == "folder" and not all((root / p).is_dir() for p in ("train", "query",
+                                                                                                   "gallery")):
+        raise ConfigError("data.split", cfg.split, "stratified or class_disjoint for a folder of class folders "
+                          "(official needs train/, query/ and gallery/ sub-folders of class folders)")
 
 
 def describe_data(cfg: DataConfig) -> DataShape:

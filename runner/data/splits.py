@@ -86,6 +86,20 @@ def _held_out_classes(labels: np.ndarray, fraction: float, rng: np.random.Genera
     return np.flatnonzero(~held), np.flatnonzero(held)
 
 
+def _named_classes(ds: ImageSet, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, test rows) holding out the classes of these names (data.test_classes)."""
+    unknown = [n for n in names if n not in ds.class_names]
+    if unknown:
+        shown = ", ".join(ds.class_names[:12]) + (", ..." if len(ds.class_names) > 12 else "")
+        raise ConfigError("data.test_classes", list(names), f"names of classes of the data set ({shown}); "
+                          f"{', '.join(map(repr, unknown))} is not one")
+    if len(ds.class_names) - len(names) < 2:
+        raise ConfigError("data.test_classes", list(names), f"at most {len(ds.class_names) - 2} of the "
+                          f"{len(ds.class_names)} classes, leaving 2 to train on")
+    held = np.isin(ds.labels.numpy(), [ds.class_names.index(n) for n in names])
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
 def n_train_classes(n_classes: int, cfg: DataConfig) -> int:
     """Classes in the training split of a data set with n_classes (after rare ones are dropped).
 
@@ -97,6 +111,8 @@ def n_train_classes(n_classes: int, cfg: DataConfig) -> int:
     if n_classes < 3:
         raise ConfigError("data.split", cfg.split, f"stratified: the data has {n_classes} classes, and "
                           "class_disjoint needs at least 3 (2 to train on, 1 to test)")
+    if cfg.test_classes is not None:
+        return n_classes - len(cfg.test_classes)
     return n_classes - _n_test_classes(n_classes, cfg.test_fraction)
 
 
@@ -125,6 +141,8 @@ def split_dataset(ds: ImageSet, cfg: DataConfig) -> Splits:
         train_idx, test_idx = _stratified_groups(labels, ds.groups, cfg.test_fraction, rng, ds, cfg.group_by, "test")
     elif cfg.split == "stratified":
         train_idx, test_idx = _stratified(labels, cfg.test_fraction, rng)
+    elif cfg.test_classes is not None:
+        train_idx, test_idx = _named_classes(ds, cfg.test_classes)
     else:
         train_idx, test_idx = _held_out_classes(labels, cfg.test_fraction, rng, "data.test_fraction")
     if cfg.n_per_class is not None:
@@ -157,6 +175,8 @@ def _assemble(ds: ImageSet, cfg: DataConfig, train_idx: np.ndarray, test_idx: np
         record["official"] = ds.meta.get("official", "")
         # images the set's split leaves out (LFW people named in neither View 1 list)
         record["unassigned"] = int(np.isin(ds.partition, ("train", "test", "query", "gallery"), invert=True).sum())
+    elif cfg.test_classes is not None:
+        record["test_classes"] = list(cfg.test_classes)
     else:
         record["test_fraction"] = cfg.test_fraction
     if cfg.group_by is not None:
