@@ -83,6 +83,11 @@ VARIANTS = {
     "dbl": {"loss": {"name": "DBLLoss", "margin": 1.0}, "miner": {"name": None}},
     "dbl+miner": {"loss": {"name": "DBLLoss", "margin": 1.0},
                   "miner": {"name": "PairMarginMiner", "params": {"pos_margin": 0.0, "neg_margin": 0.5}}},
+    # the face recipe's choices (jobs/lfw.yaml), tried on a stand-in with many classes and few images
+    "multisimilarity": {"loss": {"name": "MultiSimilarityLoss", "margin": None},
+                        "miner": {"name": "MultiSimilarityMiner", "params": {}}},
+    "multisimilarity+k2": {"loss": {"name": "MultiSimilarityLoss", "margin": None},
+                           "miner": {"name": "MultiSimilarityMiner", "params": {}}, "train": {"samples_per_class": 2}},
 }
 # data overrides of the class-disjoint protocol: the classes held out for test
 CLASS_DISJOINT = {
