@@ -63,5 +63,5 @@ def test_class_disjoint_rows_are_leave_one_out_on_the_unseen_classes(bench, tmp_
     hits = same & (np.arange(1, same.shape[1] + 1) <= big_r[:, None])
     precision = np.cumsum(hits, 1) / np.arange(1, hits.shape[1] + 1)
     assert float(rows["raw"]["p_at_1"]) == pytest.approx(same[:, 0].mean(), abs=1e-9)
-    assert float(rows["raw"]["map_at_r"]) == pytest.approx(np.mean((precision * hits).sum(1) / big_r), abs=1e-9)
+    assert float(rows["raw"]["map_at_r"]) == pytest.approx(np.mean((precision * hits).sum(1) / big_r), abs=1e-6)  # float32 pixels
     assert "| digits | class_disjoint | 5 | raw | 1 |" in (tmp_path / "table.md").read_text()
