@@ -34,6 +34,8 @@ capped by --max-steps (the cosine schedule spans the resulting steps).
 Rows are appended to OUT/rows.csv as they finish (a rerun skips them); the table is
 printed and written to OUT/table.md and OUT/table.csv.
 """
+# long: one benchmark script, read top to bottom: the data sets and protocols, every method
+# scored the same way, the seed loop and the table; split up it would only be imported back here.
 
 from __future__ import annotations
 
