@@ -5,7 +5,10 @@ trained or re-run. Unreadable,
 truncated and failed files are skipped with one warning that lists them. Metrics are
 recomputed from the stored final embeddings by the run's recorded protocol (attrs
 eval_protocol, eval_query, eval_gallery; analysis.metrics) and checked against the
-`metrics` attribute the run stored.
+`metrics` attribute the run stored. With a cache_dir, each run's row (its scalars and the
+recomputed metrics) is kept in cache_dir/rows.json under the run.h5's size and mtime: a
+second load opens no HDF5 file it has read before, and a run rewritten (rerun) or added is
+read again.
 """
 
 from __future__ import annotations
@@ -93,62 +96,125 @@ def _read_row(path: Path) -> dict:
     return row
 
 
-def load_runs(root: str | Path, recompute: bool = True, include_failed: bool = False) -> Runs:
+def load_runs(root: str | Path, recompute: bool = True, include_failed: bool = False,
+              cache_dir: Optional[str | Path] = None) -> Runs:
     """Read every run.h5 under root into one table; skip (and list) corrupt and failed files.
 
     Args:
         recompute: recompute metrics from the stored embeddings (the table's values) and
             record the largest difference to the stored attrs["metrics"] in `metrics_diff`.
         include_failed: keep failed runs (for loss curves up to the failure); off for tables.
+        cache_dir: keep each run's row in cache_dir/rows.json, keyed by the file's stamp
+            (size, mtime): unchanged runs are not opened again.
     """
+    cache = RowCache(cache_dir, recompute)
     rows, skipped = [], []
-    for path in find_run_files(root):
-        try:
-            row = _read_row(path)
-        except (store.CorruptRun, OSError, KeyError, ValueError) as exc:
-            skipped.append((str(path), f"corrupt: {exc}"))
-            continue
-        if row["status"] == "failed" and not include_failed:
-            skipped.append((str(path), f"failed: {row.get('error') or 'no error recorded'}"))
-            continue
-        rows.append(row)
+    with threadpool_limits(1):  # hundreds of small kNN problems: BLAS threads would only spin
+        for path in find_run_files(root):
+            row = cache.get(path)
+            if row is None:
+                try:
+                    row = cache.put(path, _with_metrics(_read_row(path), recompute))
+                except (store.CorruptRun, OSError, KeyError, ValueError) as exc:
+                    row = cache.put(path, {"corrupt": str(exc)})  # atomic writes: it stays so until rewritten
+            if "corrupt" in row:
+                skipped.append((str(path), f"corrupt: {row['corrupt']}"))
+                continue
+            if row["status"] == "failed" and not include_failed:
+                skipped.append((str(path), f"failed: {row.get('error') or 'no error recorded'}"))
+                continue
+            rows.append(row)
+    cache.save()
     if skipped:
         listing = "\n  ".join(f"{p} ({why})" for p, why in skipped)
         warnings.warn(f"skipped {len(skipped)} run file(s):\n  {listing}", stacklevel=2)
     if not rows:
         return Runs(pd.DataFrame(columns=["run_id", "path", "status", *METRIC_NAMES]), skipped, [])
-    config_columns = list(dict.fromkeys(k for r in rows for k in r.pop("_config_keys")))
-    table = pd.DataFrame(rows)
-    table = _add_metrics(table, recompute)
+    config_columns = list(dict.fromkeys(k for r in rows for k in r["_config_keys"]))
+    table = pd.DataFrame(rows).drop(columns="_config_keys")
+    _warn_metric_differences(table)
     table = _add_derived(table, config_columns)
     return Runs(table.reset_index(drop=True), skipped, config_columns)
 
 
-def _add_metrics(table: pd.DataFrame, recompute: bool) -> pd.DataFrame:
-    with threadpool_limits(1):  # hundreds of small kNN problems: BLAS threads would only spin
-        return _add_metrics_1(table, recompute)
+def file_stamp(path: str | Path) -> str:
+    """Size and mtime of a file: a run.h5 is rewritten as a whole (atomically), so this changes with it."""
+    st = Path(path).stat()
+    return f"{st.st_size}-{st.st_mtime_ns}"
 
 
-def _add_metrics_1(table: pd.DataFrame, recompute: bool) -> pd.DataFrame:
-    values, diffs = [], []
-    for _, row in table.iterrows():
-        stored = {k: row[f"stored_{k}"] for k in METRIC_NAMES if f"stored_{k}" in row}
-        m, diff = stored, np.nan
-        if recompute and row["has_final"]:
-            fin = store.read_final(row["path"])
-            m = run_metrics(fin, row["_attrs"])  # by the run's recorded protocol
-            d = [abs(m[k] - v) for k, v in stored.items() if np.isfinite(v)]
-            diff = max(d) if d else np.nan
-        diffs.append(diff)
-        values.append({k: float(m.get(k, np.nan)) for k in METRIC_NAMES})
-    out = pd.concat([table.drop(columns="_attrs"), pd.DataFrame(values, index=table.index)], axis=1)
-    out["metrics_diff"] = diffs
-    bad = out[out["metrics_diff"] > 1e-4]
+ROWS_VERSION = 1
+"""Part of the row cache's key: bump it when _read_row or _with_metrics change what they return."""
+
+
+class RowCache:
+    """path -> (stamp, row) in cache_dir/rows.json; written back once, atomically, when rows were added."""
+
+    def __init__(self, cache_dir: Optional[str | Path], recompute: bool):
+        self.path = Path(cache_dir) / f"rows-{'recomputed' if recompute else 'stored'}.json" if cache_dir else None
+        self.rows, self.dirty = {}, False
+        if self.path is not None and self.path.exists():
+            try:
+                data = json.loads(self.path.read_text())
+                self.rows = data["rows"] if data.get("version") == ROWS_VERSION else {}
+            except (ValueError, KeyError, TypeError):
+                self.rows = {}  # a cache that cannot be read is rebuilt
+        self.seen: dict[str, dict] = {}
+
+    def get(self, path: Path) -> Optional[dict]:
+        """The cached row of an unchanged file ({"corrupt": reason} for an unreadable one), else None."""
+        entry = self.rows.get(str(path))
+        try:
+            if entry is None or entry["stamp"] != file_stamp(path):
+                return None
+        except OSError:
+            return None
+        self.seen[str(path)] = entry
+        return dict(entry["row"])
+
+    def put(self, path: Path, row: dict) -> dict:
+        if self.path is not None:
+            try:
+                self.seen[str(path)] = {"stamp": file_stamp(path), "row": row}
+                self.dirty = True
+            except OSError:
+                pass  # gone meanwhile: not cached
+        return row
+
+    def save(self) -> None:
+        if self.path is None or not (self.dirty or len(self.seen) != len(self.rows)):
+            return  # entries of files that are gone are dropped with the next write
+        text = json.dumps({"version": ROWS_VERSION, "rows": self.seen}, default=_json_scalar)
+        store.atomic_write(self.path, text)
+
+
+def _json_scalar(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def _with_metrics(row: dict, recompute: bool) -> dict:
+    """The row's metric columns (recomputed by its protocol, or as stored) and metrics_diff."""
+    attrs = row.pop("_attrs")
+    stored = {k: row[f"stored_{k}"] for k in METRIC_NAMES if f"stored_{k}" in row}
+    m, diff = stored, np.nan
+    if recompute and row["has_final"]:
+        m = run_metrics(store.read_final(row["path"]), attrs)  # by the run's recorded protocol
+        d = [abs(m[k] - v) for k, v in stored.items() if np.isfinite(v)]
+        diff = max(d) if d else np.nan
+    row.update({k: float(m.get(k, np.nan)) for k in METRIC_NAMES}, metrics_diff=diff)
+    return row
+
+
+def _warn_metric_differences(table: pd.DataFrame) -> None:
+    bad = table[table["metrics_diff"] > 1e-4]
     if len(bad):
         warnings.warn(f"{len(bad)} run(s) store metrics that differ from the exact recomputation "
                       f"(max {bad['metrics_diff'].max():.3g}; the tables use the recomputed values): "
                       f"{', '.join(bad['run_id'])}", stacklevel=3)
-    return out
 
 
 def _add_derived(table: pd.DataFrame, config_columns: list[str]) -> pd.DataFrame:

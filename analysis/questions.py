@@ -18,7 +18,7 @@ from analysis.hierarchy import closest_pairs, dendrogram_figure
 from analysis.load import METRIC_LABELS, load_history, short_loss_name
 from analysis.openset import openset_figure
 from analysis.render import Slide, table_figure
-from analysis.retrieve import gallery_figure, neighbours, pick_queries
+from analysis.gallery import gallery_figure, neighbours, pick_queries
 from runner.store import read_attrs, read_final
 
 TOP_ROWS = 9

@@ -9,7 +9,9 @@ data sets named in the runs' configs, for baselines and galleries); trains nothi
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import sys
 import time
 import warnings
@@ -23,9 +25,9 @@ from threadpoolctl import threadpool_limits
 
 from analysis import baselines, hierarchy, openset, questions, render, tables
 from analysis.embeddings import project_run
-from analysis.load import METRIC_LABELS, Runs, load_runs
+from analysis.load import METRIC_LABELS, Runs, file_stamp, load_runs
 from analysis.tensorboard import write_tensorboard
-from runner.store import METRIC_NAMES
+from runner.store import METRIC_NAMES, atomic_write
 
 
 @dataclass
@@ -45,7 +47,8 @@ class Options:
     """BLAS/OpenMP threads: the analysis is many small problems, where extra threads only spin
     (3× the CPU time for the same wall time on a busy 2-core machine)."""
     cache_dir: Optional[Path] = None
-    """Where fitted baselines and projections are cached; None: REPORT/cache."""
+    """Where per-run rows, fitted baselines and projections are cached; None: RESULTS/report_cache
+    (REPORT/cache when the results directory is read-only)."""
 
 
 @dataclass
@@ -93,14 +96,24 @@ def choose_runs(runs: Runs, configs: pd.DataFrame, metric: str) -> dict:
     return chosen
 
 
+def cache_location(results_dir: str | Path, out: Path, opts: Options) -> Path:
+    """opts.cache_dir, else RESULTS/report_cache (next to what it caches), else REPORT/cache."""
+    if opts.cache_dir is not None:
+        return Path(opts.cache_dir)
+    results = Path(results_dir)
+    results = results if results.is_dir() else results.parent
+    return results / "report_cache" if os.access(results, os.W_OK) else out / "cache"
+
+
 def analyse(results_dir: str | Path, out: Path, opts: Options) -> Results:
     timings: dict = {}
+    cache_dir = cache_location(results_dir, out, opts)
     with timed(timings, "load_s"):
-        runs = load_runs(results_dir)
+        runs = load_runs(results_dir, cache_dir=cache_dir)
     if runs.table.empty or not (runs.table["status"] == "completed").any():
         raise SystemExit(f"no completed runs under {results_dir}")
     with timed(timings, "baselines_s"):
-        base = baselines.baseline_table(runs, cache_dir=opts.cache_dir or out / "cache") if opts.baselines else pd.DataFrame()
+        base = baselines.baseline_table(runs, cache_dir=cache_dir) if opts.baselines else pd.DataFrame()
     with timed(timings, "tables_s"):
         configs = tables.with_baselines(tables.config_table(runs), base)
         paired = tables.paired_comparisons(runs, metrics=tuple(dict.fromkeys(("knn1", opts.metric))))
@@ -115,7 +128,7 @@ def analyse(results_dir: str | Path, out: Path, opts: Options) -> Results:
     res.details["hierarchy_best"] = hierarchy.run_hierarchy(chosen["best"]["path"])
     res.details["hierarchy_pixels"] = hierarchy.pixel_agreement(chosen["best"]["path"]) if opts.baselines else None
     with timed(timings, "projections_s"):
-        res.projections = project_chosen(chosen, opts, opts.cache_dir or out / "cache")
+        res.projections = project_chosen(chosen, opts, cache_dir)
     return res
 
 
@@ -163,6 +176,23 @@ def build_report(results_dir: str | Path, out: str | Path, opts: Optional[Option
         return _build(results_dir, Path(out), opts)
 
 
+DECK_STAMP = "deck.sha256"
+"""REPORT/deck.sha256: what report.pdf and figures/ were drawn from (deck_stamp)."""
+
+
+def deck_stamp(res: Results, slides: list, opts: Options) -> str:
+    """A hash of what the figures are drawn from: every run.h5's stamp, the options, the slide texts, this code."""
+    h = hashlib.sha256()
+    for path in sorted(res.runs.table["path"]):
+        h.update(f"{path} {file_stamp(path)}\n".encode())
+    h.update(repr(opts).encode())
+    for s in slides:
+        h.update(repr((s.title, s.name, s.answer, s.bullets, s.notes)).encode())
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(source.read_bytes())
+    return h.hexdigest()
+
+
 def _build(results_dir, out: Path, opts: Options) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -172,8 +202,13 @@ def _build(results_dir, out: Path, opts: Options) -> dict:
         table_paths = write_tables(res, out, opts.metric)
     with timed(timings, "slides_s"):
         slides = questions.make_slides(res, opts)
-        pdf = render.write_pdf(slides, out / "report.pdf")
-        md = render.write_marp(slides, out)
+        pdf, md = out / "report.pdf", out / "report.md"
+        stamp, stamp_path = deck_stamp(res, slides, opts), out / DECK_STAMP
+        drawn = [pdf, md, stamp_path] + [out / "figures" / f"{s.name}.png" for s in slides if s.draw is not None]
+        timings["slides_redrawn"] = not (all(p.exists() for p in drawn) and stamp_path.read_text() == stamp)
+        if timings["slides_redrawn"]:  # drawing is most of a warm report: only when something changed
+            pdf, md = render.write_slides(slides, out)
+            atomic_write(stamp_path, stamp)
     if opts.tensorboard:
         with timed(timings, "tensorboard_s"):
             picks = {}
