@@ -97,7 +97,7 @@ def _read_row(path: Path) -> dict:
 
 
 def load_runs(root: str | Path, recompute: bool = True, include_failed: bool = False,
-              cache_dir: Optional[str | Path] = None) -> Runs:
+              cache_dir: Optional[str | Path] = None, run_ids: Optional[set] = None) -> Runs:
     """Read every run.h5 under root into one table; skip (and list) corrupt and failed files.
 
     Args:
@@ -106,11 +106,14 @@ def load_runs(root: str | Path, recompute: bool = True, include_failed: bool = F
         include_failed: keep failed runs (for loss curves up to the failure); off for tables.
         cache_dir: keep each run's row in cache_dir/rows.json, keyed by the file's stamp
             (size, mtime): unchanged runs are not opened again.
+        run_ids: read only runs/<run_id>/run.h5 of these (the trials of a search).
     """
     cache = RowCache(cache_dir, recompute)
     rows, skipped = [], []
     with threadpool_limits(1):  # hundreds of small kNN problems: BLAS threads would only spin
         for path in find_run_files(root):
+            if run_ids is not None and path.parent.name not in run_ids:
+                continue
             row = cache.get(path)
             if row is None:
                 try:
@@ -247,13 +250,38 @@ def short_loss_name(name: str) -> str:
     return name.replace("MarginLoss", "").replace("Loss", "")
 
 
-def _short_value(key: str, value) -> str:
-    text = "none" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+def _is_number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def short_value(key: str, value) -> str:
+    """A config value as labels show it: floats to 3 significant digits, short loss and miner names.
+
+    Takes the value or its text (groupby keys are strings): 0.27384021296942856 and
+    "0.27384021296942856" both read 0.274; None, NaN, "None" and "nan" read none (no miner).
+    """
+    if value is None or (isinstance(value, float) and np.isnan(value)) or (isinstance(value, str) and value in ("None", "nan")):
+        text = "none"
+    elif isinstance(value, (float, np.floating)):
+        text = f"{float(value):.3g}"
+    elif isinstance(value, str) and any(c in value for c in ".eE") and _is_number_text(value):
+        text = f"{float(value):.3g}"
+    else:
+        text = str(value)
     if key == "loss.name":
         text = short_loss_name(text)
     if key == "miner.name":
         text = "no miner" if text in ("none", "None") else "+" + text.replace("Miner", "")
     return text
+
+
+def label_part(key: str, value) -> str:
+    """'m=0.274', 'd=32', '+TripletMargin', 'lr=0.00428': one key of a configuration label."""
+    return SHORT.get(key, key.split(".")[-1] + "=") + short_value(key, value)
 
 
 def config_label(row, varying: list[str]) -> str:
@@ -262,8 +290,7 @@ def config_label(row, varying: list[str]) -> str:
     for key in sorted(varying, key=lambda k: (LABEL_ORDER + (k,)).index(k)):
         if key == "miner.params" or (key == "miner.margin" and "loss.margin" in varying):
             continue  # follows from the miner / loss margin in the grids we run
-        prefix = SHORT.get(key, key.split(".")[-1] + "=")
-        parts.append(prefix + _short_value(key, row[key]))
+        parts.append(label_part(key, row[key]))
     return " · ".join(parts) or "all runs"
 
 

@@ -23,7 +23,7 @@ from typing import Optional
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from analysis import baselines, hierarchy, openset, questions, render, tables
+from analysis import baselines, hierarchy, openset, questions, render, search, tables
 from analysis.embeddings import project_run
 from analysis.load import METRIC_LABELS, Runs, file_stamp, load_runs
 from analysis.tensorboard import write_tensorboard
@@ -65,6 +65,8 @@ class Results:
     projections: dict = field(default_factory=dict)
     details: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    search: Optional[search.Search] = None
+    """The runner.tune search the results directory holds (the search deck), or None (the grid deck)."""
 
 
 @contextmanager
@@ -107,11 +109,15 @@ def cache_location(results_dir: str | Path, out: Path, opts: Options) -> Path:
 
 def analyse(results_dir: str | Path, out: Path, opts: Options) -> Results:
     timings: dict = {}
-    cache_dir = cache_location(results_dir, out, opts)
+    found = search.find_search(results_dir)  # a runner.tune results directory: the search deck
+    root = found.runs_root if found else results_dir
+    cache_dir = cache_location(root, out, opts)
     with timed(timings, "load_s"):
-        runs = load_runs(results_dir, cache_dir=cache_dir)
+        runs = load_runs(root, cache_dir=cache_dir, run_ids=set(found.table["run_id"].astype(str)) if found else None)
     if runs.table.empty or not (runs.table["status"] == "completed").any():
         raise SystemExit(f"no completed runs under {results_dir}")
+    if found:
+        return analyse_search(runs, found, opts, cache_dir, timings)
     with timed(timings, "baselines_s"):
         base = baselines.baseline_table(runs, cache_dir=cache_dir) if opts.baselines else pd.DataFrame()
     with timed(timings, "tables_s"):
@@ -127,6 +133,21 @@ def analyse(results_dir: str | Path, out: Path, opts: Options) -> Results:
     res.details["openset"] = open_detail
     res.details["hierarchy_best"] = hierarchy.run_hierarchy(chosen["best"]["path"])
     res.details["hierarchy_pixels"] = hierarchy.pixel_agreement(chosen["best"]["path"]) if opts.baselines else None
+    with timed(timings, "projections_s"):
+        res.projections = project_chosen(chosen, opts, cache_dir)
+    return res
+
+
+def analyse_search(runs: Runs, found: search.Search, opts: Options, cache_dir: Path, timings: dict) -> Results:
+    """A search's deck: the trial chosen on validation is the `best` run; no paired tests, hierarchy or open set."""
+    with timed(timings, "tables_s"):
+        configs = tables.config_table(runs)
+        chosen = choose_runs(runs, configs, opts.metric)
+        best = runs.table[(runs.table["run_id"] == str(found.best["run_id"])) & runs.table["has_final"].astype(bool)]
+        if len(best):
+            chosen = {"best": best.iloc[0]}  # chosen on validation, never on the test metrics of the table
+    res = Results(runs, configs, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), chosen,
+                  timings=timings, search=found)
     with timed(timings, "projections_s"):
         res.projections = project_chosen(chosen, opts, cache_dir)
     return res
