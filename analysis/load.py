@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from analysis.cache import StampedCache
 from analysis.metrics import protocol_of, run_metrics
 from runner import store
 from runner.config import DataConfig, flatten
@@ -97,7 +98,8 @@ def _read_row(path: Path) -> dict:
 
 
 def load_runs(root: str | Path, recompute: bool = True, include_failed: bool = False,
-              cache_dir: Optional[str | Path] = None, run_ids: Optional[set] = None) -> Runs:
+              cache_dir: Optional[str | Path] = None, run_ids: Optional[set] = None,
+              recompute_max: Optional[int] = None) -> Runs:
     """Read every run.h5 under root into one table; skip (and list) corrupt and failed files.
 
     Args:
@@ -107,17 +109,20 @@ def load_runs(root: str | Path, recompute: bool = True, include_failed: bool = F
         cache_dir: keep each run's row in cache_dir/rows.json, keyed by the file's stamp
             (size, mtime): unchanged runs are not opened again.
         run_ids: read only runs/<run_id>/run.h5 of these (the trials of a search).
+        recompute_max: recompute at most this many runs, spread evenly over the sorted files
+            (a check of the stored values); the others keep the metrics they stored (runs
+            that stored none are recomputed). None: every run.
     """
-    cache = RowCache(cache_dir, recompute)
+    paths = [p for p in find_run_files(root) if run_ids is None or p.parent.name in run_ids]
+    checked = set(_spread(paths, recompute_max)) if recompute else set()
+    cache = row_cache(cache_dir, recompute, recompute_max)
     rows, skipped = [], []
     with threadpool_limits(1):  # hundreds of small kNN problems: BLAS threads would only spin
-        for path in find_run_files(root):
-            if run_ids is not None and path.parent.name not in run_ids:
-                continue
+        for path in paths:
             row = cache.get(path)
             if row is None:
                 try:
-                    row = cache.put(path, _with_metrics(_read_row(path), recompute))
+                    row = cache.put(path, _with_metrics(_read_row(path), path in checked))
                 except (store.CorruptRun, OSError, KeyError, ValueError) as exc:
                     row = cache.put(path, {"corrupt": str(exc)})  # atomic writes: it stays so until rewritten
             if "corrupt" in row:
@@ -140,63 +145,21 @@ def load_runs(root: str | Path, recompute: bool = True, include_failed: bool = F
     return Runs(table.reset_index(drop=True), skipped, config_columns)
 
 
-def file_stamp(path: str | Path) -> str:
-    """Size and mtime of a file: a run.h5 is rewritten as a whole (atomically), so this changes with it."""
-    st = Path(path).stat()
-    return f"{st.st_size}-{st.st_mtime_ns}"
+def _spread(paths: list, n: Optional[int]) -> list:
+    """n of the paths, evenly spaced (all of them for n None or n >= len)."""
+    if n is None or n >= len(paths):
+        return paths
+    return [paths[i] for i in np.linspace(0, len(paths) - 1, n).round().astype(int)] if n > 0 else []
 
 
-ROWS_VERSION = 1
+ROWS_VERSION = 2
 """Part of the row cache's key: bump it when _read_row or _with_metrics change what they return."""
 
 
-class RowCache:
-    """path -> (stamp, row) in cache_dir/rows.json; written back once, atomically, when rows were added."""
-
-    def __init__(self, cache_dir: Optional[str | Path], recompute: bool):
-        self.path = Path(cache_dir) / f"rows-{'recomputed' if recompute else 'stored'}.json" if cache_dir else None
-        self.rows, self.dirty = {}, False
-        if self.path is not None and self.path.exists():
-            try:
-                data = json.loads(self.path.read_text())
-                self.rows = data["rows"] if data.get("version") == ROWS_VERSION else {}
-            except (ValueError, KeyError, TypeError):
-                self.rows = {}  # a cache that cannot be read is rebuilt
-        self.seen: dict[str, dict] = {}
-
-    def get(self, path: Path) -> Optional[dict]:
-        """The cached row of an unchanged file ({"corrupt": reason} for an unreadable one), else None."""
-        entry = self.rows.get(str(path))
-        try:
-            if entry is None or entry["stamp"] != file_stamp(path):
-                return None
-        except OSError:
-            return None
-        self.seen[str(path)] = entry
-        return dict(entry["row"])
-
-    def put(self, path: Path, row: dict) -> dict:
-        if self.path is not None:
-            try:
-                self.seen[str(path)] = {"stamp": file_stamp(path), "row": row}
-                self.dirty = True
-            except OSError:
-                pass  # gone meanwhile: not cached
-        return row
-
-    def save(self) -> None:
-        if self.path is None or not (self.dirty or len(self.seen) != len(self.rows)):
-            return  # entries of files that are gone are dropped with the next write
-        text = json.dumps({"version": ROWS_VERSION, "rows": self.seen}, default=_json_scalar)
-        store.atomic_write(self.path, text)
-
-
-def _json_scalar(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
+def row_cache(cache_dir: Optional[str | Path], recompute: bool, recompute_max: Optional[int]) -> StampedCache:
+    """cache_dir/rows-<kind>.json: one file per way of computing the metric columns."""
+    kind = "stored" if not recompute else "recomputed" if recompute_max is None else f"checked{recompute_max}"
+    return StampedCache(Path(cache_dir) / f"rows-{kind}.json" if cache_dir else None, ROWS_VERSION)
 
 
 def _with_metrics(row: dict, recompute: bool) -> dict:
@@ -204,11 +167,11 @@ def _with_metrics(row: dict, recompute: bool) -> dict:
     attrs = row.pop("_attrs")
     stored = {k: row[f"stored_{k}"] for k in METRIC_NAMES if f"stored_{k}" in row}
     m, diff = stored, np.nan
-    if recompute and row["has_final"]:
+    if (recompute or not all(k in stored for k in ("knn1", "map_at_r"))) and row["has_final"]:
         m = run_metrics(store.read_final(row["path"]), attrs)  # by the run's recorded protocol
         d = [abs(m[k] - v) for k, v in stored.items() if np.isfinite(v)]
         diff = max(d) if d else np.nan
-    row.update({k: float(m.get(k, np.nan)) for k in METRIC_NAMES}, metrics_diff=diff)
+    row.update({k: float(m.get(k, np.nan)) for k in METRIC_NAMES}, metrics_diff=diff, metrics_recomputed=m is not stored)
     return row
 
 

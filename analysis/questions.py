@@ -255,7 +255,9 @@ def summary_slide(res, metric: str, slides: list[Slide]) -> Slide:
                f"stopped early: in loss curves, not in tables), {len(res.runs.skipped)} files skipped (corrupt or failed, "
                f"listed in tables/skipped.csv); data: {data}; {t['config_id'].nunique()} configurations × "
                f"{t['seed'].nunique()} seeds",
-               f"Protocol: {protocol_note(res)}. Metrics recomputed from the stored embeddings ({metrics.source()}); largest difference to the stored values "
+               f"Protocol: {protocol_note(res)}. Metrics recomputed from the stored embeddings ({metrics.source()}) for "
+               f"{int(t.get('metrics_recomputed', pd.Series(True, index=t.index)).sum())} of {len(t)} runs (the others as stored); "
+               f"largest difference to the stored values "
                f"{np.nanmax(t['metrics_diff'].to_numpy(dtype=float)) if t['metrics_diff'].notna().any() else float('nan'):.1e}"]
     seen = set()
     for s in slides:

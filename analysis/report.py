@@ -25,7 +25,8 @@ from threadpoolctl import threadpool_limits
 
 from analysis import baselines, hierarchy, openset, questions, render, search, tables
 from analysis.embeddings import project_run
-from analysis.load import METRIC_LABELS, Runs, file_stamp, load_runs
+from analysis.cache import StampedCache, file_stamp
+from analysis.load import METRIC_LABELS, Runs, load_runs
 from analysis.tensorboard import write_tensorboard
 from runner.store import METRIC_NAMES, atomic_write
 
@@ -46,6 +47,9 @@ class Options:
     threads: int = 1
     """BLAS/OpenMP threads: the analysis is many small problems, where extra threads only spin
     (3× the CPU time for the same wall time on a busy 2-core machine)."""
+    recompute_max: Optional[int] = 60
+    """Runs whose metrics are recomputed from their embeddings as a check of the stored values
+    (spread over the grid; all of a 60-run exercise); None: every run. The others are read as stored."""
     cache_dir: Optional[Path] = None
     """Where per-run rows, fitted baselines and projections are cached; None: RESULTS/report_cache
     (REPORT/cache when the results directory is read-only)."""
@@ -113,7 +117,8 @@ def analyse(results_dir: str | Path, out: Path, opts: Options) -> Results:
     root = found.runs_root if found else results_dir
     cache_dir = cache_location(root, out, opts)
     with timed(timings, "load_s"):
-        runs = load_runs(root, cache_dir=cache_dir, run_ids=set(found.table["run_id"].astype(str)) if found else None)
+        runs = load_runs(root, cache_dir=cache_dir, run_ids=set(found.table["run_id"].astype(str)) if found else None,
+                         recompute_max=opts.recompute_max)
     if runs.table.empty or not (runs.table["status"] == "completed").any():
         raise SystemExit(f"no completed runs under {results_dir}")
     if found:
@@ -125,7 +130,7 @@ def analyse(results_dir: str | Path, out: Path, opts: Options) -> Results:
         paired = tables.paired_comparisons(runs, metrics=tuple(dict.fromkeys(("knn1", opts.metric))))
         chosen = choose_runs(runs, configs, opts.metric)
     with timed(timings, "hierarchy_s"):
-        hier = hierarchy.agreement_table(runs.table, permutations=0)
+        hier = agreement_table(runs.table, cache_dir)
     with timed(timings, "openset_s"):
         picks = pd.DataFrame([r for k, r in chosen.items() if k.startswith("best_")]).drop_duplicates("run_id")
         open_table, open_detail = openset.openset_table(picks)
@@ -151,6 +156,23 @@ def analyse_search(runs: Runs, found: search.Search, opts: Options, cache_dir: P
     with timed(timings, "projections_s"):
         res.projections = project_chosen(chosen, opts, cache_dir)
     return res
+
+
+HIERARCHY_KEYS = ("cophenetic_r", "hierarchy_r", "hierarchy_p", "within_between")
+
+
+def agreement_table(table: pd.DataFrame, cache_dir: Path) -> pd.DataFrame:
+    """hierarchy.agreement_table, each run's values kept in cache_dir/hierarchy.json under its run.h5's stamp."""
+    cache, rows = StampedCache(cache_dir / "hierarchy.json", 1), []
+    for _, run in table[(table["status"] == "completed") & table["has_final"].astype(bool)].iterrows():
+        values = cache.get(run["path"])
+        if values is None:
+            h = hierarchy.run_hierarchy(run["path"], 0)
+            values = cache.put(run["path"], {k: float(h[k]) for k in HIERARCHY_KEYS})
+        rows.append({"run_id": run["run_id"], "config_id": run["config_id"], "config": run["config_label"],
+                     "seed": run["seed"], **values})
+    cache.save()
+    return pd.DataFrame(rows)
 
 
 def project_chosen(chosen: dict, opts: Options, cache_dir: Path) -> dict:
@@ -256,10 +278,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--max-points", type=int, default=2000, help="points per t-SNE/UMAP projection (default 2000)")
     p.add_argument("--k", type=int, default=5, help="neighbours per retrieval query (default 5)")
     p.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads (default 1)")
+    p.add_argument("--recompute-all", action="store_true",
+                   help="recompute every run's metrics from its embeddings (default: 60 runs spread over the grid)")
     args = p.parse_args(argv)
     opts = Options(metric=args.metric, methods=("tsne",) if args.no_umap else ("tsne", "umap"),
                    baselines=not args.no_baselines, tensorboard=not args.no_tensorboard,
-                   max_points=min(args.max_points, 2000), k=args.k, threads=args.threads)
+                   max_points=min(args.max_points, 2000), k=args.k, threads=args.threads,
+                   recompute_max=None if args.recompute_all else 60)
     result = build_report(args.results, args.out, opts)
     print(f"{result['slides']} slides: {result['pdf']}  (Marp: {result['markdown']})")
     print(f"{len(result['tables'])} table files under {Path(args.out) / 'tables'}, {len(result['figures'])} figures")

@@ -16,6 +16,7 @@ from typing import Optional
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
 from analysis.load import METRIC_LABELS, label_part, short_value
@@ -154,13 +155,15 @@ def asha_slide(search: Search, max_epochs: int) -> Slide:
         colours = [STATUS_COLOURS.get(s, "grey") for s in t["status"]]
         ax.bar(range(len(t)), t["epochs"], color=colours)
         ax.axhline(max_epochs, ls="--", color="k", lw=1)
-        ax.text(len(t) - 0.5, max_epochs, f"max {max_epochs} epochs", ha="right", va="bottom", fontsize="small")
+        ax.text(-0.5, max_epochs, f" max {max_epochs} epochs", ha="left", va="bottom", fontsize="small")
+        ax.set_ylim(0, max_epochs * 1.2)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel(f"trials, best first by {metric_label(search.metric)}")
         ax.set_ylabel("epochs reached")
         ax.set_xticks(range(len(t)), [str(x)[-5:] for x in t["trial"]], rotation=90, fontsize="x-small")
         for status, colour in STATUS_COLOURS.items():
             ax.bar([0], [0], color=colour, label=status)
-        ax.legend(fontsize="small", loc="upper right")
+        ax.legend(fontsize="small", loc="upper right", ncol=2)
         fig.subplots_adjust(left=0.07, right=0.98, bottom=0.2, top=0.95)
 
     run, full = int(t["epochs"].sum()), len(t) * max_epochs

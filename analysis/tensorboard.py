@@ -22,12 +22,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analysis.load import Runs, file_stamp, load_data_info, load_history, load_split_images
+from analysis.cache import file_stamp
+from analysis.load import Runs, load_data_info, load_history, load_split_images
 from analysis.metrics import protocol_of
 from runner.store import METRIC_NAMES, atomic_write, read_attrs, read_final
 
 SPRITE_LIMIT_PX = 8192
 MAX_PROJECTOR_POINTS = 1000
+STEP_POINTS = 200
+"""Points per step-scalar curve (of a 1,000-run grid, most of the logs' writing time)."""
 STAMP = "written_from"
 """File in a run's HParams folder: the run.h5 stamp (size, mtime) the events were written from."""
 STEP_SCALARS = ("loss", "active_fraction", "pos_distance", "neg_distance")
@@ -70,7 +73,7 @@ def _write_session(runs: Runs, run, folder: Path, scalars: bool) -> None:
         writer.add_hparams(hp, metrics, run_name=".")
         if scalars:
             steps = load_history(run["path"])
-            stride = max(1, len(steps) // 500)  # TensorBoard samples anyway; keep files small
+            stride = max(1, len(steps) // STEP_POINTS)  # TensorBoard samples anyway; keep files small
             for key in (k for k in STEP_SCALARS if k in steps):
                 for step, value in zip(steps["step"].to_numpy()[::stride], steps[key].to_numpy()[::stride]):
                     if np.isfinite(value):

@@ -86,7 +86,7 @@ def test_a_warm_report_fits_and_draws_nothing_and_a_rerun_redraws(results, tmp_p
     opts = report.Options(methods=("tsne",), max_points=120)
     out = tmp_path / "report"
     cold = quiet(report.build_report, results, out, opts)
-    assert cold["timings"]["slides_redrawn"] and (results / "report_cache" / "rows-recomputed.json").exists()
+    assert cold["timings"]["slides_redrawn"] and (results / "report_cache" / "rows-checked60.json").exists()
     pdf_bytes = (out / "report.pdf").read_bytes()
     for module, name in ((embeddings, "project"), (baselines, "baselines_for_split"), (render, "write_slides"),
                          (tensorboard, "_write_session")):
