@@ -82,7 +82,7 @@ def _numeric(values: pd.Series) -> Optional[np.ndarray]:
 
 def trials_slide(search: Search) -> Slide:
     t = search.table.head(TOP_TRIALS)
-    disp = pd.DataFrame({"trial": [str(x)[-8:] for x in t["trial"]],
+    disp = pd.DataFrame({"trial": [str(x) for x in t["trial"]],
                          **{_key_name(k): [short_value(k, v) for v in t[k]] for k in search.keys},
                          metric_label(search.metric): [f"{v:.3f}" for v in t[search.metric]],
                          "test kNN-1": [f"{v:.3f}" for v in t.get("test_knn1", [np.nan] * len(t))],
