@@ -29,8 +29,9 @@ from runner.store import METRIC_NAMES, atomic_write, read_attrs, read_final
 
 SPRITE_LIMIT_PX = 8192
 MAX_PROJECTOR_POINTS = 1000
-STEP_POINTS = 200
-"""Points per step-scalar curve (of a 1,000-run grid, most of the logs' writing time)."""
+STEP_POINTS = 40_000
+"""Step-scalar points per grid, shared by its runs' curves (at most 200, at least 50 a curve): writing
+them is most of the logs' time, 1,000 runs get 50 points a curve, the 60-run exercise 200."""
 STAMP = "written_from"
 """File in a run's HParams folder: the run.h5 stamp (size, mtime) the events were written from."""
 STEP_SCALARS = ("loss", "active_fraction", "pos_distance", "neg_distance")
@@ -53,27 +54,34 @@ def _hparam_value(value):
 def write_hparams(runs: Runs, logdir: str | Path, scalars: bool = True) -> Path:
     """One HParams session per run under logdir/hparams/<run_id> (+ step scalars)."""
     logdir = Path(logdir) / "hparams"
+    step_points = int(np.clip(STEP_POINTS // max(1, len(runs.table)), 50, 200))
     for _, run in runs.table.iterrows():
-        folder, stamp = logdir / run["run_id"], f"{file_stamp(run['path'])} scalars={scalars}"
+        folder, stamp = logdir / run["run_id"], f"{file_stamp(run['path'])} scalars={scalars} points={step_points}"
         if (folder / STAMP).exists() and (folder / STAMP).read_text() == stamp:
             continue  # written from this very run.h5
         shutil.rmtree(folder, ignore_errors=True)  # events of an older run.h5 would add a second session
-        _write_session(runs, run, folder, scalars)
+        _write_session(runs, run, folder, scalars, step_points)
         atomic_write(folder / STAMP, stamp)
     return logdir
 
 
-def _write_session(runs: Runs, run, folder: Path, scalars: bool) -> None:
+def _write_session(runs: Runs, run, folder: Path, scalars: bool, step_points: int = 200) -> None:
     """One run's HParams session, its step scalars and its per-epoch metrics."""
     hp = {c: _hparam_value(run[c]) for c in runs.config_columns if c != "data.root"}
     hp["status"] = run["status"]
     hp["eval_protocol"] = str(run.get("eval_protocol", "stratified"))  # which queries/gallery the metrics use
     metrics = {f"hparam/{m}": float(run[m]) for m in METRIC_NAMES if np.isfinite(run.get(m, np.nan))}
+    # torch.utils.tensorboard loads tensorboard and protobuf: imported only when logs are written
+    from torch.utils.tensorboard.summary import hparams
     with _summary_writer(folder) as writer:
-        writer.add_hparams(hp, metrics, run_name=".")
+        # add_hparams(run_name=".") opens a second writer on the same folder: a thread and a file per run
+        for summary in hparams(hp, metrics):
+            writer.file_writer.add_summary(summary)
+        for key, value in metrics.items():
+            writer.add_scalar(key, value)
         if scalars:
             steps = load_history(run["path"])
-            stride = max(1, len(steps) // STEP_POINTS)  # TensorBoard samples anyway; keep files small
+            stride = max(1, len(steps) // step_points)  # TensorBoard samples anyway; keep files small
             for key in (k for k in STEP_SCALARS if k in steps):
                 for step, value in zip(steps["step"].to_numpy()[::stride], steps[key].to_numpy()[::stride]):
                     if np.isfinite(value):
