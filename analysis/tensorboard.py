@@ -72,10 +72,10 @@ def _write_session(runs: Runs, run, folder: Path, scalars: bool, step_points: in
     hp["eval_protocol"] = str(run.get("eval_protocol", "stratified"))  # which queries/gallery the metrics use
     metrics = {f"hparam/{m}": float(run[m]) for m in METRIC_NAMES if np.isfinite(run.get(m, np.nan))}
     # torch.utils.tensorboard loads tensorboard and protobuf: imported only when logs are written
-    from torch.utils.tensorboard.summary import hparams
+    from torch.utils.tensorboard import summary as tb_summary
     with _summary_writer(folder) as writer:
         # add_hparams(run_name=".") opens a second writer on the same folder: a thread and a file per run
-        for summary in hparams(hp, metrics):
+        for summary in tb_summary.hparams(hp, metrics):
             writer.file_writer.add_summary(summary)
         for key, value in metrics.items():
             writer.add_scalar(key, value)
