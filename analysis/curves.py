@@ -10,7 +10,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 
-from analysis.load import METRIC_LABELS, Runs, load_history, short_loss_name
+from analysis.load import METRIC_LABELS, Runs, label_part, load_history, short_loss_name
 
 LOSS_NOTE = ("Raw loss values of different losses are not comparable (different formulas and margins): "
              "compare each loss with itself; the active fraction and distances are loss-independent.")
@@ -106,18 +106,10 @@ def sweep_lines(table: pd.DataFrame, x: str) -> dict:
     others = [c for c in ("loss.name", "miner.name", "loss.margin", "embedding.dim") if c in t and c != x]
     lines = {}
     for key, g in t.groupby([t[c].map(str) for c in others], sort=True):
-        label = " · ".join(_short(c, v) for c, v in zip(others, key if isinstance(key, tuple) else (key,))
+        label = " · ".join(label_part(c, v) for c, v in zip(others, key if isinstance(key, tuple) else (key,))
                            if t[c].map(str).nunique() > 1 or c == "loss.name")
         lines[label] = g.sort_values(x)
     return lines
-
-
-def _short(col: str, value: str) -> str:
-    if col == "loss.name":
-        return short_loss_name(value)
-    if col == "miner.name":
-        return "no miner" if value in ("None", "nan") else "+" + value.replace("Miner", "")
-    return {"loss.margin": "m=", "embedding.dim": "d="}.get(col, col + "=") + value
 
 
 def is_swept(t: pd.DataFrame, x: str) -> bool:
@@ -157,7 +149,7 @@ def sweep_figure(fig, table: pd.DataFrame, baselines: pd.DataFrame | None = None
         if lines:
             axes[0, col].legend(fontsize="x-small", loc="lower right")
     fixed = [x for x in ("embedding.dim", "loss.margin") if x not in xs and x in t]
-    note = "".join(f"; {x} not swept: " + ", ".join(f"{_short('loss.name', str(n))} {v}" for n, v in
+    note = "".join(f"; {x} not swept: " + ", ".join(f"{short_loss_name(str(n))} {v}" for n, v in
                                                       t.groupby("loss.name")[x].agg(lambda s: "/".join(map(str, sorted(set(s))))).items())
                    for x in fixed if "loss.name" in t)
     fig.suptitle("mean ± 95% CI over seeds (grey dashed: baselines at the same dims)" + note, fontsize="small")

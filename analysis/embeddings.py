@@ -2,13 +2,18 @@
 
 Train and test embeddings of one epoch are projected together (same map, so the panels
 are comparable) and drawn in separate panels, one colour per class. Large splits are
-subsampled per class to at most MAX_POINTS points in all. umap is imported on first
-use (its import and JIT compilation take seconds).
+subsampled per class to at most MAX_POINTS points in all (the slides state the cap). t-SNE
+runs on every core (scikit-learn's n_jobs for the neighbours and its OpenMP gradient), also
+inside a report that limits BLAS to one thread. umap is imported on first use (its import
+and JIT compilation take seconds).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
+import os
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -17,9 +22,11 @@ import matplotlib
 import matplotlib.patheffects as pe
 import numpy as np
 from sklearn.manifold import TSNE
+from threadpoolctl import threadpool_limits
 
+from analysis.cache import file_stamp
 from analysis.load import load_data_info
-from runner.store import atomic_write, read_attrs, read_epoch, stored_epochs
+from runner.store import atomic_write, read_epoch, stored_epochs
 
 MAX_POINTS = 2000
 """Points per projection (train + test); t-SNE and UMAP time grows fast beyond this."""
@@ -38,15 +45,22 @@ def subsample(labels: np.ndarray, n_max: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.concatenate(keep))[:n_max] if sum(map(len, keep)) > n_max else np.sort(np.concatenate(keep))
 
 
-def project(emb: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
-    """N×2 coordinates: the embedding itself for d <= 2, else t-SNE or UMAP."""
+def cores() -> int:
+    """CPU cores this process may run on (its affinity, e.g. a SLURM allocation)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def project(emb: np.ndarray, method: str, seed: int = 0, threads: int = 0) -> np.ndarray:
+    """N×2 coordinates: the embedding itself for d <= 2, else t-SNE or UMAP (t-SNE on `threads` cores, 0: all)."""
     emb = np.asarray(emb, dtype=np.float64)
     if emb.shape[1] <= 2:
         return np.pad(emb, ((0, 0), (0, 2 - emb.shape[1])))
     if method == "tsne":
         perplexity = float(min(30.0, max(2.0, (len(emb) - 1) / 3.5)))
-        return TSNE(2, init="pca", perplexity=perplexity, max_iter=500, random_state=seed,
-                    n_jobs=-1).fit_transform(emb)  # n_jobs: the neighbour search on every core
+        n = threads or cores()
+        with threadpool_limits(n, user_api="openmp"):  # the Barnes-Hut gradient is OpenMP: lift the report's limit
+            return TSNE(2, init="pca", perplexity=perplexity, max_iter=500, random_state=seed,
+                        n_jobs=n).fit_transform(emb)
     if method == "umap":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # n_jobs=1 with a random_state, numba notices
@@ -56,7 +70,7 @@ def project(emb: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
     raise ValueError(f"unknown projection {method!r}: tsne or umap")
 
 
-PROJECTION_VERSION = 1
+PROJECTION_VERSION = 2
 """Part of the cache key: bump it when project() changes what it computes."""
 
 
@@ -65,16 +79,24 @@ def project_run(path: str, method: str, epochs=None, max_points: int = MAX_POINT
     """{epoch: {"train": (xy, labels), "test": (xy, labels)}} for the first and last stored epochs.
 
     With cache_dir, each epoch's projection is kept in cache_dir/projections/ under
-    (run_id, epoch, method, max_points, seed, PROJECTION_VERSION) and read back the next
-    time: a run.h5 never changes once completed, so neither does its projection.
+    (run_id, the run.h5's stamp, epoch, method, max_points, seed, PROJECTION_VERSION) and
+    read back the next time without opening the run.h5 (the first and last stored epochs are
+    the cached ones); a run that is rerun has another stamp, so it is projected again.
     """
-    stored = stored_epochs(path)
-    epochs = epochs if epochs is not None else sorted({stored[0], stored[-1]}) if stored else []
-    run_id = read_attrs(path)["run_id"] if cache_dir is not None else None
+    stamp = hashlib.sha1(file_stamp(path).encode()).hexdigest()[:10] if cache_dir is not None else ""
+    folder = Path(cache_dir) / "projections" if cache_dir is not None else None
+    key = f"{Path(path).parent.name}-{stamp}-{method}-n{max_points}-s{seed}-v{PROJECTION_VERSION}"
+    listing = folder / f"{key}-epochs.json" if folder is not None else None
+    if epochs is None and listing is not None and listing.exists():
+        epochs = json.loads(listing.read_text())  # which epochs are first and last, without opening the run.h5
+    elif epochs is None:
+        stored = stored_epochs(path)
+        epochs = sorted({stored[0], stored[-1]}) if stored else []
+        if listing is not None:
+            atomic_write(listing, json.dumps(epochs))
     out = {}
     for epoch in epochs:
-        cached = (Path(cache_dir) / "projections" /
-                  f"{run_id}-e{epoch}-{method}-n{max_points}-s{seed}-v{PROJECTION_VERSION}.npz") if cache_dir else None
+        cached = folder / f"{key}-e{epoch}.npz" if folder is not None else None
         if cached is not None and cached.exists():
             with np.load(cached) as z:
                 out[epoch] = {split: (z[f"{split}_xy"], z[f"{split}_labels"]) for split in ("train", "test")

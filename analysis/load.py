@@ -5,7 +5,10 @@ trained or re-run. Unreadable,
 truncated and failed files are skipped with one warning that lists them. Metrics are
 recomputed from the stored final embeddings by the run's recorded protocol (attrs
 eval_protocol, eval_query, eval_gallery; analysis.metrics) and checked against the
-`metrics` attribute the run stored.
+`metrics` attribute the run stored. With a cache_dir, each run's row (its scalars and the
+recomputed metrics) is kept in cache_dir/rows.json under the run.h5's size and mtime: a
+second load opens no HDF5 file it has read before, and a run rewritten (rerun) or added is
+read again.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
+from analysis.cache import StampedCache
 from analysis.metrics import protocol_of, run_metrics
 from runner import store
 from runner.config import DataConfig, flatten
@@ -93,62 +97,90 @@ def _read_row(path: Path) -> dict:
     return row
 
 
-def load_runs(root: str | Path, recompute: bool = True, include_failed: bool = False) -> Runs:
+def load_runs(root: str | Path, recompute: bool = True, include_failed: bool = False,
+              cache_dir: Optional[str | Path] = None, run_ids: Optional[set] = None,
+              recompute_max: Optional[int] = None) -> Runs:
     """Read every run.h5 under root into one table; skip (and list) corrupt and failed files.
 
     Args:
         recompute: recompute metrics from the stored embeddings (the table's values) and
             record the largest difference to the stored attrs["metrics"] in `metrics_diff`.
         include_failed: keep failed runs (for loss curves up to the failure); off for tables.
+        cache_dir: keep each run's row in cache_dir/rows.json, keyed by the file's stamp
+            (size, mtime): unchanged runs are not opened again.
+        run_ids: read only runs/<run_id>/run.h5 of these (the trials of a search).
+        recompute_max: recompute at most this many runs, spread evenly over the sorted files
+            (a check of the stored values); the others keep the metrics they stored (runs
+            that stored none are recomputed). None: every run.
     """
+    paths = [p for p in find_run_files(root) if run_ids is None or p.parent.name in run_ids]
+    checked = set(_spread(paths, recompute_max)) if recompute else set()
+    cache = row_cache(cache_dir, recompute, recompute_max)
     rows, skipped = [], []
-    for path in find_run_files(root):
-        try:
-            row = _read_row(path)
-        except (store.CorruptRun, OSError, KeyError, ValueError) as exc:
-            skipped.append((str(path), f"corrupt: {exc}"))
-            continue
-        if row["status"] == "failed" and not include_failed:
-            skipped.append((str(path), f"failed: {row.get('error') or 'no error recorded'}"))
-            continue
-        rows.append(row)
+    with threadpool_limits(1):  # hundreds of small kNN problems: BLAS threads would only spin
+        for path in paths:
+            row = cache.get(path)
+            if row is None:
+                try:
+                    row = cache.put(path, _with_metrics(_read_row(path), path in checked))
+                except (store.CorruptRun, OSError, KeyError, ValueError) as exc:
+                    row = cache.put(path, {"corrupt": str(exc)})  # atomic writes: it stays so until rewritten
+            if "corrupt" in row:
+                skipped.append((str(path), f"corrupt: {row['corrupt']}"))
+                continue
+            if row["status"] == "failed" and not include_failed:
+                skipped.append((str(path), f"failed: {row.get('error') or 'no error recorded'}"))
+                continue
+            rows.append(row)
+    cache.save()
     if skipped:
         listing = "\n  ".join(f"{p} ({why})" for p, why in skipped)
         warnings.warn(f"skipped {len(skipped)} run file(s):\n  {listing}", stacklevel=2)
     if not rows:
         return Runs(pd.DataFrame(columns=["run_id", "path", "status", *METRIC_NAMES]), skipped, [])
-    config_columns = list(dict.fromkeys(k for r in rows for k in r.pop("_config_keys")))
-    table = pd.DataFrame(rows)
-    table = _add_metrics(table, recompute)
+    config_columns = list(dict.fromkeys(k for r in rows for k in r["_config_keys"]))
+    table = pd.DataFrame(rows).drop(columns="_config_keys")
+    _warn_metric_differences(table)
     table = _add_derived(table, config_columns)
     return Runs(table.reset_index(drop=True), skipped, config_columns)
 
 
-def _add_metrics(table: pd.DataFrame, recompute: bool) -> pd.DataFrame:
-    with threadpool_limits(1):  # hundreds of small kNN problems: BLAS threads would only spin
-        return _add_metrics_1(table, recompute)
+def _spread(paths: list, n: Optional[int]) -> list:
+    """n of the paths, evenly spaced (all of them for n None or n >= len)."""
+    if n is None or n >= len(paths):
+        return paths
+    return [paths[i] for i in np.linspace(0, len(paths) - 1, n).round().astype(int)] if n > 0 else []
 
 
-def _add_metrics_1(table: pd.DataFrame, recompute: bool) -> pd.DataFrame:
-    values, diffs = [], []
-    for _, row in table.iterrows():
-        stored = {k: row[f"stored_{k}"] for k in METRIC_NAMES if f"stored_{k}" in row}
-        m, diff = stored, np.nan
-        if recompute and row["has_final"]:
-            fin = store.read_final(row["path"])
-            m = run_metrics(fin, row["_attrs"])  # by the run's recorded protocol
-            d = [abs(m[k] - v) for k, v in stored.items() if np.isfinite(v)]
-            diff = max(d) if d else np.nan
-        diffs.append(diff)
-        values.append({k: float(m.get(k, np.nan)) for k in METRIC_NAMES})
-    out = pd.concat([table.drop(columns="_attrs"), pd.DataFrame(values, index=table.index)], axis=1)
-    out["metrics_diff"] = diffs
-    bad = out[out["metrics_diff"] > 1e-4]
+ROWS_VERSION = 2
+"""Part of the row cache's key: bump it when _read_row or _with_metrics change what they return."""
+
+
+def row_cache(cache_dir: Optional[str | Path], recompute: bool, recompute_max: Optional[int]) -> StampedCache:
+    """cache_dir/rows-<kind>.json: one file per way of computing the metric columns."""
+    kind = "stored" if not recompute else "recomputed" if recompute_max is None else f"checked{recompute_max}"
+    return StampedCache(Path(cache_dir) / f"rows-{kind}.json" if cache_dir else None, ROWS_VERSION)
+
+
+def _with_metrics(row: dict, recompute: bool) -> dict:
+    """The row's metric columns (recomputed by its protocol, or as stored) and metrics_diff."""
+    attrs = row.pop("_attrs")
+    stored = {k: row[f"stored_{k}"] for k in METRIC_NAMES if f"stored_{k}" in row}
+    m, diff = stored, np.nan
+    if (recompute or not all(k in stored for k in ("knn1", "map_at_r"))) and row["has_final"]:
+        m = run_metrics(store.read_final(row["path"]), attrs)  # by the run's recorded protocol
+        d = [abs(m[k] - v) for k, v in stored.items() if np.isfinite(v)]
+        diff = max(d) if d else np.nan
+    row.update({k: float(m.get(k, np.nan)) for k in METRIC_NAMES}, metrics_diff=diff, metrics_recomputed=m is not stored)
+    return row
+
+
+def _warn_metric_differences(table: pd.DataFrame) -> None:
+    bad = table[table["metrics_diff"] > 1e-4]
     if len(bad):
         warnings.warn(f"{len(bad)} run(s) store metrics that differ from the exact recomputation "
                       f"(max {bad['metrics_diff'].max():.3g}; the tables use the recomputed values): "
                       f"{', '.join(bad['run_id'])}", stacklevel=3)
-    return out
 
 
 def _add_derived(table: pd.DataFrame, config_columns: list[str]) -> pd.DataFrame:
@@ -181,13 +213,38 @@ def short_loss_name(name: str) -> str:
     return name.replace("MarginLoss", "").replace("Loss", "")
 
 
-def _short_value(key: str, value) -> str:
-    text = "none" if value is None or (isinstance(value, float) and np.isnan(value)) else str(value)
+def _is_number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def short_value(key: str, value) -> str:
+    """A config value as labels show it: floats to 3 significant digits, short loss and miner names.
+
+    Takes the value or its text (groupby keys are strings): 0.27384021296942856 and
+    "0.27384021296942856" both read 0.274; None, NaN, "None" and "nan" read none (no miner).
+    """
+    if value is None or (isinstance(value, float) and np.isnan(value)) or (isinstance(value, str) and value in ("None", "nan")):
+        text = "none"
+    elif isinstance(value, (float, np.floating)):
+        text = f"{float(value):.3g}"
+    elif isinstance(value, str) and any(c in value for c in ".eE") and _is_number_text(value):
+        text = f"{float(value):.3g}"
+    else:
+        text = str(value)
     if key == "loss.name":
         text = short_loss_name(text)
     if key == "miner.name":
         text = "no miner" if text in ("none", "None") else "+" + text.replace("Miner", "")
     return text
+
+
+def label_part(key: str, value) -> str:
+    """'m=0.274', 'd=32', '+TripletMargin', 'lr=0.00428': one key of a configuration label."""
+    return SHORT.get(key, key.split(".")[-1] + "=") + short_value(key, value)
 
 
 def config_label(row, varying: list[str]) -> str:
@@ -196,8 +253,7 @@ def config_label(row, varying: list[str]) -> str:
     for key in sorted(varying, key=lambda k: (LABEL_ORDER + (k,)).index(k)):
         if key == "miner.params" or (key == "miner.margin" and "loss.margin" in varying):
             continue  # follows from the miner / loss margin in the grids we run
-        prefix = SHORT.get(key, key.split(".")[-1] + "=")
-        parts.append(prefix + _short_value(key, row[key]))
+        parts.append(label_part(key, row[key]))
     return " · ".join(parts) or "all runs"
 
 

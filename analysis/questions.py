@@ -11,14 +11,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from analysis import metrics, tables
+from analysis import metrics, search, tables
 from analysis.curves import is_swept, loss_figure, pick_curve_configs, sweep_figure
 from analysis.embeddings import class_names_of, embedding_figure
 from analysis.hierarchy import closest_pairs, dendrogram_figure
 from analysis.load import METRIC_LABELS, load_history, short_loss_name
 from analysis.openset import openset_figure
 from analysis.render import Slide, table_figure
-from analysis.retrieve import gallery_figure, neighbours, pick_queries
+from analysis.gallery import gallery_figure, neighbours, pick_queries
 from runner.store import read_attrs, read_final
 
 TOP_ROWS = 9
@@ -161,7 +161,7 @@ def loss_slide(res) -> Slide:
                  "; ".join(parts))
 
 
-def projection_slide(res, method: str, label: str, name: str, with_dim2: bool) -> Slide:
+def projection_slide(res, method: str, label: str, name: str, with_dim2: bool, max_points: int = 2000) -> Slide:
     best = res.chosen["best"]
     names = class_names_of(best["path"])
     extra = None
@@ -173,6 +173,9 @@ def projection_slide(res, method: str, label: str, name: str, with_dim2: bool) -
         answer += f": kNN-1 {epochs['knn1'].iloc[0]:.2f} at epoch 0 → {epochs['knn1'].iloc[-1]:.2f} at the end"
     if extra:
         answer += f"; right: {res.chosen['dim2']['config_label']} plotted directly"
+    if method in res.projections and res.projections[method]:
+        shown = sum(len(lab) for _, lab in next(iter(res.projections[method].values())).values())
+        answer += f"; {shown} points per map (cap {max_points}, sampled per class)"
     if method not in res.projections:
         return Slide(f"Do classes group? {label}", name, None, answer, bullets=[f"{label} not computed (left out with --no-umap, or not installed)"])
     return Slide(f"Do classes group? {label}: epoch 0 vs final, train | test", name,
@@ -252,7 +255,9 @@ def summary_slide(res, metric: str, slides: list[Slide]) -> Slide:
                f"stopped early: in loss curves, not in tables), {len(res.runs.skipped)} files skipped (corrupt or failed, "
                f"listed in tables/skipped.csv); data: {data}; {t['config_id'].nunique()} configurations × "
                f"{t['seed'].nunique()} seeds",
-               f"Protocol: {protocol_note(res)}. Metrics recomputed from the stored embeddings ({metrics.source()}); largest difference to the stored values "
+               f"Protocol: {protocol_note(res)}. Metrics recomputed from the stored embeddings ({metrics.source()}) for "
+               f"{int(t.get('metrics_recomputed', pd.Series(True, index=t.index)).sum())} of {len(t)} runs (the others as stored); "
+               f"largest difference to the stored values "
                f"{np.nanmax(t['metrics_diff'].to_numpy(dtype=float)) if t['metrics_diff'].notna().any() else float('nan'):.1e}"]
     seen = set()
     for s in slides:
@@ -265,10 +270,31 @@ def summary_slide(res, metric: str, slides: list[Slide]) -> Slide:
     return Slide(f"Deep metric learning on {data}: what the grid answers", "summary", None, "", bullets=bullets)
 
 
+def search_summary_slide(res, slides: list[Slide]) -> Slide:
+    bullets = search.summary_bullets(res.search, res.runs.table, len(res.runs.skipped))
+    bullets += [f"{s.title}: {s.answer}" for s in slides[:4] if s.answer]
+    bullets.append(f"Protocol of the test metrics: {protocol_note(res)}.")
+    return Slide(f"Hyperparameter search {res.search.name}: what it found", "summary", None, "", bullets=bullets)
+
+
+def make_search_slides(res, opts) -> list[Slide]:
+    """The search deck: trials, metric vs hyperparameters, ASHA, the chosen trial on test, curves, projections, retrieval."""
+    t, s = res.runs.table, res.search
+    max_epochs = int(t["train.epochs"].max()) if "train.epochs" in t else int(s.table["epochs"].max())
+    body = [search.trials_slide(s), search.hyperparameter_slide(s), search.asha_slide(s, max_epochs),
+            search.best_test_slide(s, t), loss_slide(res),
+            projection_slide(res, "tsne", "t-SNE", "tsne", "umap" not in res.projections, opts.max_points),
+            projection_slide(res, "umap", "UMAP", "umap", "umap" in res.projections, opts.max_points),
+            retrieval_slide(res, opts.k, opts.n_queries)]
+    return [search_summary_slide(res, body)] + body
+
+
 def make_slides(res, opts) -> list[Slide]:
+    if res.search is not None:
+        return make_search_slides(res, opts)
     metric = opts.metric
     body = [accuracy_slide(res, metric), paired_slide(res, metric), sweep_slide(res, metric), loss_slide(res),
-            projection_slide(res, "tsne", "t-SNE", "tsne", "umap" not in res.projections),
-            projection_slide(res, "umap", "UMAP", "umap", "umap" in res.projections),
+            projection_slide(res, "tsne", "t-SNE", "tsne", "umap" not in res.projections, opts.max_points),
+            projection_slide(res, "umap", "UMAP", "umap", "umap" in res.projections, opts.max_points),
             hierarchy_slide(res), retrieval_slide(res, opts.k, opts.n_queries), openset_slide(res)]
     return [summary_slide(res, metric, body)] + body

@@ -1,8 +1,8 @@
 """Slides drawn with matplotlib: report.pdf (16:9 pages) and report.md (Marp) with figures/.
 
-A Slide is a title, a `draw(fig)` function and a one-line answer. Each slide's content
-is drawn twice: into the middle band of a 13.33×7.5 in PDF page (vector), and alone into
-figures/<name>.png that the Marp markdown shows under the same title and answer.
+A Slide is a title, a `draw(fig)` function and a one-line answer. write_slides draws each
+slide once, into the middle band of a 13.33×7.5 in PDF page (vector), and saves that band
+as figures/<name>.png, which the Marp markdown shows under the same title and answer.
 No LaTeX, no browser.
 """
 
@@ -19,12 +19,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
+from matplotlib.transforms import Bbox  # noqa: E402
 
 PAGE_IN = (13.333, 7.5)
 CONTENT_IN = (13.333, 5.6)
 STYLE = {"font.size": 15, "axes.titlesize": 15, "axes.labelsize": 15, "xtick.labelsize": 13,
          "ytick.labelsize": 13, "legend.fontsize": 13, "figure.titlesize": 15, "pdf.fonttype": 42}
 MAX_SLIDES = 10
+BAND_IN = (PAGE_IN[1] - CONTENT_IN[1]) / 2
+"""Height of the title band and of the answer band of a page."""
+PNG_DPI = 110
 
 
 @dataclass
@@ -136,7 +140,7 @@ def render_page(slide: Slide, number: int, total: int):
     return fig
 
 
-def render_png(slide: Slide, path: Path, dpi: int = 110) -> Path:
+def render_png(slide: Slide, path: Path, dpi: int = PNG_DPI) -> Path:
     fig = plt.figure(figsize=CONTENT_IN)
     _content(fig, slide)
     fig.savefig(path, dpi=dpi, facecolor="white")
@@ -157,8 +161,26 @@ def write_pdf(slides: list[Slide], path: str | Path) -> Path:
     return path
 
 
-def write_marp(slides: list[Slide], out_dir: str | Path, figures: str = "figures") -> Path:
-    """report.md for Marp (marp: true, 16:9), every slide's figure from figures/<name>.png."""
+def write_slides(slides: list[Slide], out_dir: str | Path, figures: str = "figures") -> tuple[Path, Path]:
+    """report.pdf and report.md with figures/<name>.png, each slide drawn once (its PNG is the page's content band)."""
+    if len(slides) > MAX_SLIDES:
+        raise ValueError(f"{len(slides)} slides: the deliverable allows at most {MAX_SLIDES}")
+    out_dir = Path(out_dir)
+    (out_dir / figures).mkdir(parents=True, exist_ok=True)
+    band = Bbox.from_bounds(0, BAND_IN, CONTENT_IN[0], CONTENT_IN[1])  # inches, from the page's bottom left
+    pdf_path = out_dir / "report.pdf"
+    with plt.rc_context(STYLE), PdfPages(pdf_path, metadata={"Title": slides[0].title if slides else "report"}) as pdf:
+        for i, slide in enumerate(slides, 1):
+            fig = render_page(slide, i, len(slides))
+            pdf.savefig(fig)
+            if slide.draw is not None:
+                fig.savefig(out_dir / figures / f"{slide.name}.png", dpi=PNG_DPI, facecolor="white", bbox_inches=band)
+            plt.close(fig)
+    return pdf_path, write_marp(slides, out_dir, figures, draw=False)
+
+
+def write_marp(slides: list[Slide], out_dir: str | Path, figures: str = "figures", draw: bool = True) -> Path:
+    """report.md for Marp (marp: true, 16:9), every slide's figure from figures/<name>.png (drawn here unless draw=False)."""
     out_dir = Path(out_dir)
     (out_dir / figures).mkdir(parents=True, exist_ok=True)
     front = ("---\nmarp: true\nsize: 16:9\npaginate: true\nstyle: |\n  section { font-size: 24px; padding: 40px 50px; }\n"
@@ -168,7 +190,8 @@ def write_marp(slides: list[Slide], out_dir: str | Path, figures: str = "figures
         for i, slide in enumerate(slides):
             body = [f"# {slide.title}", ""]
             if slide.draw is not None:
-                render_png(slide, out_dir / figures / f"{slide.name}.png")
+                if draw:
+                    render_png(slide, out_dir / figures / f"{slide.name}.png")
                 body += [f"![w:1150]({figures}/{slide.name}.png)", ""]
             else:
                 body += [("  " if b.startswith("  ") else "") + f"- {b.strip()}" for b in slide.bullets] + [""]

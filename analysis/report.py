@@ -9,7 +9,9 @@ data sets named in the runs' configs, for baselines and galleries); trains nothi
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import sys
 import time
 import warnings
@@ -21,11 +23,12 @@ from typing import Optional
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from analysis import baselines, hierarchy, openset, questions, render, tables
+from analysis import baselines, hierarchy, openset, questions, render, search, tables
 from analysis.embeddings import project_run
+from analysis.cache import StampedCache, file_stamp
 from analysis.load import METRIC_LABELS, Runs, load_runs
 from analysis.tensorboard import write_tensorboard
-from runner.store import METRIC_NAMES
+from runner.store import METRIC_NAMES, atomic_write
 
 
 @dataclass
@@ -44,8 +47,12 @@ class Options:
     threads: int = 1
     """BLAS/OpenMP threads: the analysis is many small problems, where extra threads only spin
     (3× the CPU time for the same wall time on a busy 2-core machine)."""
+    recompute_max: Optional[int] = 60
+    """Runs whose metrics are recomputed from their embeddings as a check of the stored values
+    (spread over the grid; all of a 60-run exercise); None: every run. The others are read as stored."""
     cache_dir: Optional[Path] = None
-    """Where fitted baselines and projections are cached; None: REPORT/cache."""
+    """Where per-run rows, fitted baselines and projections are cached; None: RESULTS/report_cache
+    (REPORT/cache when the results directory is read-only)."""
 
 
 @dataclass
@@ -62,6 +69,8 @@ class Results:
     projections: dict = field(default_factory=dict)
     details: dict = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
+    search: Optional[search.Search] = None
+    """The runner.tune search the results directory holds (the search deck), or None (the grid deck)."""
 
 
 @contextmanager
@@ -93,20 +102,35 @@ def choose_runs(runs: Runs, configs: pd.DataFrame, metric: str) -> dict:
     return chosen
 
 
+def cache_location(results_dir: str | Path, out: Path, opts: Options) -> Path:
+    """opts.cache_dir, else RESULTS/report_cache (next to what it caches), else REPORT/cache."""
+    if opts.cache_dir is not None:
+        return Path(opts.cache_dir)
+    results = Path(results_dir)
+    results = results if results.is_dir() else results.parent
+    return results / "report_cache" if os.access(results, os.W_OK) else out / "cache"
+
+
 def analyse(results_dir: str | Path, out: Path, opts: Options) -> Results:
     timings: dict = {}
+    found = search.find_search(results_dir)  # a runner.tune results directory: the search deck
+    root = found.runs_root if found else results_dir
+    cache_dir = cache_location(root, out, opts)
     with timed(timings, "load_s"):
-        runs = load_runs(results_dir)
+        runs = load_runs(root, cache_dir=cache_dir, run_ids=set(found.table["run_id"].astype(str)) if found else None,
+                         recompute_max=opts.recompute_max)
     if runs.table.empty or not (runs.table["status"] == "completed").any():
         raise SystemExit(f"no completed runs under {results_dir}")
+    if found:
+        return analyse_search(runs, found, opts, cache_dir, timings)
     with timed(timings, "baselines_s"):
-        base = baselines.baseline_table(runs, cache_dir=opts.cache_dir or out / "cache") if opts.baselines else pd.DataFrame()
+        base = baselines.baseline_table(runs, cache_dir=cache_dir) if opts.baselines else pd.DataFrame()
     with timed(timings, "tables_s"):
         configs = tables.with_baselines(tables.config_table(runs), base)
         paired = tables.paired_comparisons(runs, metrics=tuple(dict.fromkeys(("knn1", opts.metric))))
         chosen = choose_runs(runs, configs, opts.metric)
     with timed(timings, "hierarchy_s"):
-        hier = hierarchy.agreement_table(runs.table, permutations=0)
+        hier = agreement_table(runs.table, cache_dir)
     with timed(timings, "openset_s"):
         picks = pd.DataFrame([r for k, r in chosen.items() if k.startswith("best_")]).drop_duplicates("run_id")
         open_table, open_detail = openset.openset_table(picks)
@@ -115,8 +139,40 @@ def analyse(results_dir: str | Path, out: Path, opts: Options) -> Results:
     res.details["hierarchy_best"] = hierarchy.run_hierarchy(chosen["best"]["path"])
     res.details["hierarchy_pixels"] = hierarchy.pixel_agreement(chosen["best"]["path"]) if opts.baselines else None
     with timed(timings, "projections_s"):
-        res.projections = project_chosen(chosen, opts, opts.cache_dir or out / "cache")
+        res.projections = project_chosen(chosen, opts, cache_dir)
     return res
+
+
+def analyse_search(runs: Runs, found: search.Search, opts: Options, cache_dir: Path, timings: dict) -> Results:
+    """A search's deck: the trial chosen on validation is the `best` run; no paired tests, hierarchy or open set."""
+    with timed(timings, "tables_s"):
+        configs = tables.config_table(runs)
+        chosen = choose_runs(runs, configs, opts.metric)
+        best = runs.table[(runs.table["run_id"] == str(found.best["run_id"])) & runs.table["has_final"].astype(bool)]
+        if len(best):
+            chosen = {"best": best.iloc[0]}  # chosen on validation, never on the test metrics of the table
+    res = Results(runs, configs, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), chosen,
+                  timings=timings, search=found)
+    with timed(timings, "projections_s"):
+        res.projections = project_chosen(chosen, opts, cache_dir)
+    return res
+
+
+HIERARCHY_KEYS = ("cophenetic_r", "hierarchy_r", "hierarchy_p", "within_between")
+
+
+def agreement_table(table: pd.DataFrame, cache_dir: Path) -> pd.DataFrame:
+    """hierarchy.agreement_table, each run's values kept in cache_dir/hierarchy.json under its run.h5's stamp."""
+    cache, rows = StampedCache(cache_dir / "hierarchy.json", 1), []
+    for _, run in table[(table["status"] == "completed") & table["has_final"].astype(bool)].iterrows():
+        values = cache.get(run["path"])
+        if values is None:
+            h = hierarchy.run_hierarchy(run["path"], 0)
+            values = cache.put(run["path"], {k: float(h[k]) for k in HIERARCHY_KEYS})
+        rows.append({"run_id": run["run_id"], "config_id": run["config_id"], "config": run["config_label"],
+                     "seed": run["seed"], **values})
+    cache.save()
+    return pd.DataFrame(rows)
 
 
 def project_chosen(chosen: dict, opts: Options, cache_dir: Path) -> dict:
@@ -163,6 +219,23 @@ def build_report(results_dir: str | Path, out: str | Path, opts: Optional[Option
         return _build(results_dir, Path(out), opts)
 
 
+DECK_STAMP = "deck.sha256"
+"""REPORT/deck.sha256: what report.pdf and figures/ were drawn from (deck_stamp)."""
+
+
+def deck_stamp(res: Results, slides: list, opts: Options) -> str:
+    """A hash of what the figures are drawn from: every run.h5's stamp, the options, the slide texts, this code."""
+    h = hashlib.sha256()
+    for path in sorted(res.runs.table["path"]):
+        h.update(f"{path} {file_stamp(path)}\n".encode())
+    h.update(repr(opts).encode())
+    for s in slides:
+        h.update(repr((s.title, s.name, s.answer, s.bullets, s.notes)).encode())
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(source.read_bytes())
+    return h.hexdigest()
+
+
 def _build(results_dir, out: Path, opts: Options) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -172,8 +245,13 @@ def _build(results_dir, out: Path, opts: Options) -> dict:
         table_paths = write_tables(res, out, opts.metric)
     with timed(timings, "slides_s"):
         slides = questions.make_slides(res, opts)
-        pdf = render.write_pdf(slides, out / "report.pdf")
-        md = render.write_marp(slides, out)
+        pdf, md = out / "report.pdf", out / "report.md"
+        stamp, stamp_path = deck_stamp(res, slides, opts), out / DECK_STAMP
+        drawn = [pdf, md, stamp_path] + [out / "figures" / f"{s.name}.png" for s in slides if s.draw is not None]
+        timings["slides_redrawn"] = not (all(p.exists() for p in drawn) and stamp_path.read_text() == stamp)
+        if timings["slides_redrawn"]:  # drawing is most of a warm report: only when something changed
+            pdf, md = render.write_slides(slides, out)
+            atomic_write(stamp_path, stamp)
     if opts.tensorboard:
         with timed(timings, "tensorboard_s"):
             picks = {}
@@ -200,10 +278,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--max-points", type=int, default=2000, help="points per t-SNE/UMAP projection (default 2000)")
     p.add_argument("--k", type=int, default=5, help="neighbours per retrieval query (default 5)")
     p.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads (default 1)")
+    p.add_argument("--recompute-all", action="store_true",
+                   help="recompute every run's metrics from its embeddings (default: 60 runs spread over the grid)")
     args = p.parse_args(argv)
     opts = Options(metric=args.metric, methods=("tsne",) if args.no_umap else ("tsne", "umap"),
                    baselines=not args.no_baselines, tensorboard=not args.no_tensorboard,
-                   max_points=min(args.max_points, 2000), k=args.k, threads=args.threads)
+                   max_points=min(args.max_points, 2000), k=args.k, threads=args.threads,
+                   recompute_max=None if args.recompute_all else 60)
     result = build_report(args.results, args.out, opts)
     print(f"{result['slides']} slides: {result['pdf']}  (Marp: {result['markdown']})")
     print(f"{len(result['tables'])} table files under {Path(args.out) / 'tables'}, {len(result['figures'])} figures")

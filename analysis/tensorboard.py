@@ -7,24 +7,33 @@
   Projector: final query embeddings (the protocol's query split) of the chosen runs with
              class labels and image sprites.
 Training writes its own logs to results/runs/<run_id>/tb; these are built from the HDF5
-alone, so they also exist for runs whose tb/ was lost. tensorboard is imported lazily.
+alone, so they also exist for runs whose tb/ was lost. tensorboard is imported lazily. A run's
+HParams folder remembers the stamp of the run.h5 it was written from: a second report over
+unchanged results writes nothing again, and a rerun run's folder is rewritten.
 """
 
 from __future__ import annotations
 
 import math
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from analysis.cache import file_stamp
 from analysis.load import Runs, load_data_info, load_history, load_split_images
 from analysis.metrics import protocol_of
-from runner.store import METRIC_NAMES, read_attrs, read_final
+from runner.store import METRIC_NAMES, atomic_write, read_attrs, read_final
 
 SPRITE_LIMIT_PX = 8192
 MAX_PROJECTOR_POINTS = 1000
+STEP_POINTS = 40_000
+"""Step-scalar points per grid, shared by its runs' curves (at most 200, at least 50 a curve): writing
+them is most of the logs' time, 1,000 runs get 50 points a curve, the 60-run exercise 200."""
+STAMP = "written_from"
+"""File in a run's HParams folder: the run.h5 stamp (size, mtime) the events were written from."""
 STEP_SCALARS = ("loss", "active_fraction", "pos_distance", "neg_distance")
 
 
@@ -45,26 +54,43 @@ def _hparam_value(value):
 def write_hparams(runs: Runs, logdir: str | Path, scalars: bool = True) -> Path:
     """One HParams session per run under logdir/hparams/<run_id> (+ step scalars)."""
     logdir = Path(logdir) / "hparams"
+    step_points = int(np.clip(STEP_POINTS // max(1, len(runs.table)), 50, 200))
     for _, run in runs.table.iterrows():
-        hp = {c: _hparam_value(run[c]) for c in runs.config_columns if c != "data.root"}
-        hp["status"] = run["status"]
-        hp["eval_protocol"] = str(run.get("eval_protocol", "stratified"))  # which queries/gallery the metrics use
-        metrics = {f"hparam/{m}": float(run[m]) for m in METRIC_NAMES if np.isfinite(run.get(m, np.nan))}
-        with _summary_writer(logdir / run["run_id"]) as writer:
-            writer.add_hparams(hp, metrics, run_name=".")
-            if scalars:
-                steps = load_history(run["path"])
-                stride = max(1, len(steps) // 500)  # TensorBoard samples anyway; keep files small
-                for key in (k for k in STEP_SCALARS if k in steps):
-                    for step, value in zip(steps["step"].to_numpy()[::stride], steps[key].to_numpy()[::stride]):
-                        if np.isfinite(value):
-                            writer.add_scalar(f"step/{key}", float(value), int(step))
-                epochs = load_history(run["path"], "epochs")
-                for key in (m for m in METRIC_NAMES if m in epochs):
-                    for epoch, value in zip(epochs["epoch"].to_numpy(), epochs[key].to_numpy()):
-                        if np.isfinite(value):  # the runner's per-epoch metrics, by the same protocol
-                            writer.add_scalar(f"epoch/{key}", float(value), int(epoch))
+        folder, stamp = logdir / run["run_id"], f"{file_stamp(run['path'])} scalars={scalars} points={step_points}"
+        if (folder / STAMP).exists() and (folder / STAMP).read_text() == stamp:
+            continue  # written from this very run.h5
+        shutil.rmtree(folder, ignore_errors=True)  # events of an older run.h5 would add a second session
+        _write_session(runs, run, folder, scalars, step_points)
+        atomic_write(folder / STAMP, stamp)
     return logdir
+
+
+def _write_session(runs: Runs, run, folder: Path, scalars: bool, step_points: int = 200) -> None:
+    """One run's HParams session, its step scalars and its per-epoch metrics."""
+    hp = {c: _hparam_value(run[c]) for c in runs.config_columns if c != "data.root"}
+    hp["status"] = run["status"]
+    hp["eval_protocol"] = str(run.get("eval_protocol", "stratified"))  # which queries/gallery the metrics use
+    metrics = {f"hparam/{m}": float(run[m]) for m in METRIC_NAMES if np.isfinite(run.get(m, np.nan))}
+    # torch.utils.tensorboard loads tensorboard and protobuf: imported only when logs are written
+    from torch.utils.tensorboard import summary as tb_summary
+    with _summary_writer(folder) as writer:
+        # add_hparams(run_name=".") opens a second writer on the same folder: a thread and a file per run
+        for summary in tb_summary.hparams(hp, metrics):
+            writer.file_writer.add_summary(summary)
+        for key, value in metrics.items():
+            writer.add_scalar(key, value)
+        if scalars:
+            steps = load_history(run["path"])
+            stride = max(1, len(steps) // step_points)  # TensorBoard samples anyway; keep files small
+            for key in (k for k in STEP_SCALARS if k in steps):
+                for step, value in zip(steps["step"].to_numpy()[::stride], steps[key].to_numpy()[::stride]):
+                    if np.isfinite(value):
+                        writer.add_scalar(f"step/{key}", float(value), int(step))
+            epochs = load_history(run["path"], "epochs")
+            for key in (m for m in METRIC_NAMES if m in epochs):
+                for epoch, value in zip(epochs["epoch"].to_numpy(), epochs[key].to_numpy()):
+                    if np.isfinite(value):  # the runner's per-epoch metrics, by the same protocol
+                        writer.add_scalar(f"epoch/{key}", float(value), int(epoch))
 
 
 def write_projector(paths: dict, logdir: str | Path, max_points: int = MAX_PROJECTOR_POINTS) -> Path:
