@@ -100,7 +100,8 @@ def group_table(frame: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame
     for key, part in (done.groupby([keys[k] for k in by], sort=True) if by else [((), done)]):
         n, mean, half = mean_ci(part[metric])
         if n:
-            rows.append({**dict(zip(by, key if isinstance(key, tuple) else (key,))), "n": n, "mean": mean, "ci95": half})
+            values = key if isinstance(key, tuple) else (key,)
+            rows.append({**dict(zip(by, values)), "n": n, "mean": mean, "ci95": half})
     table = pd.DataFrame(rows, columns=[*by, "n", "mean", "ci95"])
     return table.sort_values(by, key=numeric_first, kind="stable", ignore_index=True) if by else table
 

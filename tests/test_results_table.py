@@ -50,7 +50,8 @@ def test_load_results_one_row_per_run_with_config_metrics_and_provenance(fake_di
     assert len(frame) == N and frame["run_id"].is_unique
     row = frame.set_index("run_id").loc[fake_run_id(5)]
     cfg = fake_config(5)
-    assert row["loss.name"] == cfg["loss"]["name"] == "ContrastiveLoss" and row["embedding.dim"] == 32 == cfg["embedding"]["dim"]
+    assert row["loss.name"] == cfg["loss"]["name"] == "ContrastiveLoss"
+    assert row["embedding.dim"] == cfg["embedding"]["dim"] == 32
     assert row["seed"] == 0
     assert row["map_at_r"] == pytest.approx(0.55) and row["host"] == "node01" and row["git_rev"] == "abc123"
     assert row["train_time_s"] == 55.0 and row["status"] == "completed"

@@ -99,6 +99,10 @@ def test_runs_per_task_three_trains_three_runs_in_one_task(tmp_path, env):
     assert task_log.count("array task") == 1 and task_log.count(": completed") == 3, task_log
     rows = status(out, env)["runs"]
     assert [r["state"] for r in rows] == ["completed"] * 3 and {r["job"] for r in rows} == {f"{job}_0"}
+    for cfg in runs:  # each run.h5 names the array task that trained it
+        slurm = store.read_attrs(store.run_path(out, run_id(cfg)))["slurm"]
+        assert slurm["slurm_array_job_id"] == job and slurm["slurm_array_task_id"] == "0"
+        assert slurm["slurm_job_nodelist"] and slurm["slurm_job_id"]
 
 
 def test_requeued_then_timed_out_run_is_resubmitted_with_twice_the_time_and_resumes(tmp_path, env):
@@ -144,7 +148,7 @@ def test_requeued_then_timed_out_run_is_resubmitted_with_twice_the_time_and_resu
 
 
 def test_a_grid_stays_under_max_submit_jobs_beside_the_jobs_already_queued(tmp_path, env):
-    """GRID_MAX_SUBMIT_JOBS as a site's MaxSubmitJobs: room for 4 more jobs than are queued now -> 12 runs in <= 4 tasks."""
+    """GRID_MAX_SUBMIT_JOBS as a site's MaxSubmitJobs: room for 4 jobs beside those queued -> 12 runs in <= 4 tasks."""
     spec, runs = make_spec(tmp_path, SPEC12)
     out = tmp_path / "res"
     queued = len(subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i"],

@@ -4,8 +4,9 @@ run.h5 stays the record; the catalog is an index of its root attributes, upserte
 when a run finishes (runner.launch.run) and rebuilt from the run.h5 files when missing
 (`python -m runner.status RESULTS --reindex`). A row remembers the mtime of the run.h5
 it was read from, so a reader can tell a stale row (the file was rewritten) and read
-the file instead; `refresh` does that for a whole directory (what analysis.table reads). WAL mode and a long busy timeout make many concurrent writers safe
-(each upsert is one short transaction); sqlite3 is the standard library's.
+the file instead; `refresh` does that for a whole directory (what analysis.table reads).
+WAL mode and a long busy timeout make many concurrent writers safe (each upsert is one
+short transaction); sqlite3 is the standard library's.
 """
 
 from __future__ import annotations
