@@ -11,6 +11,7 @@ from runner import grid, store
 from runner import status as status_cmd
 from runner.config import run_id
 from runner.launch import arrays, status
+from runner.spec import expand_grid, load_spec
 from runner.store import submissions
 from tests.conftest import PYTHON, ROOT, make_subprocess_env
 from tests.fake_runs import fake_run_id, write_fake_run
@@ -135,7 +136,7 @@ def test_estimate_uses_the_same_config_with_another_seed(tmp_path, capsys):
     out = tmp_path / "res"
     assert grid.main([str(spec), "--out", str(out), "--list", "--estimate"]) == 0
     assert "estimate: no basis" in capsys.readouterr().out
-    runs = grid.expand_grid(grid.load_spec(spec))
+    runs = expand_grid(load_spec(spec))
     for cfg, wall_s in ((runs[0], 120.0), (runs[1], 600.0)):  # seed 0 of dim 4 and of dim 8
         rec = store.RunRecord(run_id(cfg), cfg.to_dict(), "completed", attrs={"wall_time_s": wall_s})
         rec.final = {s: {"embeddings": np.zeros((2, 2), "float32"), "labels": np.arange(2), "index": np.arange(2)}
