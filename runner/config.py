@@ -218,7 +218,19 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         """Nested dicts as run.h5 and YAML hold them (tuples as lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        return json.loads(json.dumps(_fields_of(self)))
+
+
+def _fields_of(obj: Any) -> Any:
+    """dataclasses.asdict without its deep copies (JSON copies the result anyway): 10,000 configs of a
+    grid are hashed twice on every relaunch, and asdict's copies were most of that time."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _fields_of(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [_fields_of(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _fields_of(v) for k, v in obj.items()}
+    return obj
 
 
 def validate(cfg: RunConfig) -> None:

@@ -79,8 +79,10 @@ def from_environ(environ: Optional[dict] = None) -> DistEnv:
 
 
 def slurm_job() -> dict:
-    """The SLURM job this process runs in (empty outside SLURM): ids and restart count, for logs."""
-    keys = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_STEP_ID", "SLURM_RESTART_COUNT")
+    """The SLURM job this process runs in (empty outside SLURM): ids, node list and restart count, for logs
+    and a run's provenance."""
+    keys = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_STEP_ID", "SLURM_RESTART_COUNT",
+            "SLURM_JOB_NODELIST", "SLURM_JOB_PARTITION")
     return {k.lower(): os.environ[k] for k in keys if k in os.environ}
 
 

@@ -100,6 +100,8 @@ def add_array_options(p: argparse.ArgumentParser) -> None:
                    help="with --write-manifest: freeze tasks and arrays, print `OFFSET ARRAY [SBATCH ARGS]` per array")
     p.add_argument("--runs-per-task", type=int, default=1, help="runs one array task trains one after another")
     p.add_argument("--max-array-size", type=int, default=0, help="tasks per array (0: MaxArraySize of scontrol)")
+    p.add_argument("--max-submit-jobs", type=int, default=0,
+                   help="jobs (array tasks) you may have queued at once (0: MaxSubmitJobs of sacctmgr, MaxJobCount)")
     p.add_argument("--time-factor", type=float, default=2.0, help="time limit x this for runs that timed out")
     p.add_argument("--mem-factor", type=float, default=2.0, help="memory x this for runs out of memory")
     p.add_argument("--max-attempts", type=int, default=5, help="submissions of one run at most (0: no limit)")
@@ -117,8 +119,11 @@ def plan(args: argparse.Namespace, runs: list[RunConfig], out: str, retry: bool)
         raise ConfigError("--plan-arrays", True, "with --write-manifest FILE")
     if args.runs_per_task < 1:
         raise ConfigError("--runs-per-task", args.runs_per_task, "a positive integer")
+    if args.max_submit_jobs < 0:
+        raise ConfigError("--max-submit-jobs", args.max_submit_jobs, "a positive integer, or 0 for the site's limit")
     tasks, arrays = plan_submission(runs, out, pending(runs, out, retry), runs_per_task=args.runs_per_task,
                                     max_array_size=args.max_array_size, max_parallel=args.max_parallel,
+                                    max_submit_jobs=args.max_submit_jobs,
                                     time_factor=args.time_factor, mem_factor=args.mem_factor,
                                     max_attempts=args.max_attempts, partition=args.partition)
     write_manifest(args.write_manifest, runs, out, retry, source=args.spec or args.manifest,

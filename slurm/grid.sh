@@ -25,6 +25,8 @@
 #   GRID_MAX_PARALLEL     array throttle, the %N of --array (default 16), per array
 #   GRID_RUNS_PER_TASK    runs one array task trains one after another (default 1; e.g. 10 for 2-minute runs)
 #   GRID_MAX_ARRAY_SIZE   tasks per array (default: the cluster's MaxArraySize)
+#   GRID_MAX_SUBMIT_JOBS  jobs (array tasks) you may have queued at once (default: MaxSubmitJobs of sacctmgr,
+#                         and MaxJobCount); more runs than fit beside your queued jobs -> more runs per task
 #   GRID_TIME_FACTOR      time limit multiplier for runs that timed out (default 2)
 #   GRID_MEM_FACTOR       memory multiplier for runs out of memory (default 2)
 #   GRID_MAX_ATTEMPTS     submissions of one run at most (default 5)
@@ -101,6 +103,7 @@ MANIFEST=$OUT/manifests/$STAMP.json
 TPR=${GRID_TASKS_PER_RUN:-1}
 NPR=${GRID_NODES_PER_RUN:-1}
 PENDING_ARGS=(--plan-arrays --runs-per-task "${GRID_RUNS_PER_TASK:-1}" --max-array-size "${GRID_MAX_ARRAY_SIZE:-0}"
+              --max-submit-jobs "${GRID_MAX_SUBMIT_JOBS:-0}"
               --time-factor "${GRID_TIME_FACTOR:-2}" --mem-factor "${GRID_MEM_FACTOR:-2}"
               --max-attempts "${GRID_MAX_ATTEMPTS:-5}" --tasks-per-run "$TPR")
 for arg in ${GRID_SBATCH_ARGS:-}; do   # the partition whose MaxTime caps a longer --time

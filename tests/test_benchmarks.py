@@ -109,3 +109,27 @@ def test_launch_overhead_local_launchers(capsys):
     rows = [line for line in capsys.readouterr().out.splitlines() if line.endswith("x")]
     assert [r.split()[0] for r in rows] == ["python", "runner.submit"]
     assert float(rows[0].split()[-1][:-1]) == 1.0  # the reference row
+
+
+def test_relaunch_speed_skips_every_finished_run(tmp_path, capsys):
+    """The benchmark raises when the relaunch of its finished grid does not print `nothing to do`."""
+    assert load_bench("relaunch_speed").main(["--runs", "8", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "wrote 8 completed run.h5" in out and out.count("nothing to do: all 8 runs are done") == 1
+    assert out.splitlines()[-1].startswith("reference") and "x with the catalog" in out
+
+
+def test_table_speed_times_both_ways_over_the_same_runs(tmp_path, capsys):
+    assert load_bench("table_speed").main(["--runs", "30", "--dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "wrote 30 run.h5 in " + lines[0].split(" in ")[1]
+    assert [line.split("(")[-1] for line in lines[1:3]] == ["28 completed runs with map_at_r in 12 groups, of 30 "
+                                                             "finished runs)"] * 2  # every 20th failed: 0 and 20
+
+
+def test_runs_per_task_trains_every_run_both_ways(tmp_path, capsys):
+    """The benchmark raises unless every run completed with K = 1 and with K = 2."""
+    assert load_bench("runs_per_task").main(["--runs", "2", "--per-task", "2", "--dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("--runs-per-task  1: 2 runs in 2 tasks") and "2 runs in 1 tasks" in lines[1]
+    assert lines[2].startswith("per-run overhead removed by --runs-per-task 2:")

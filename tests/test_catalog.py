@@ -2,9 +2,13 @@
 
 import multiprocessing as mp
 
+import h5py
+import numpy as np
 import pytest
 
 from runner import store
+from runner.config import run_id
+from runner.launch.many import pending, run_statuses
 from runner.launch.run import run_one
 from runner.spec import resolve
 from runner.store import catalog
@@ -44,3 +48,24 @@ def test_a_finished_run_is_upserted_with_its_config_and_metrics(tmp_path, tiny):
     assert row["status"] == "completed" and row["config"]["embedding.dim"] == 8
     assert row["metrics"]["map_at_r"] == pytest.approx(result["metrics"]["map_at_r"])
     assert row["h5_mtime"] == store.run_path(tmp_path, result["run_id"]).stat().st_mtime
+
+
+def test_a_relaunch_reads_fresh_catalog_rows_instead_of_run_h5(tmp_path, tiny, monkeypatch):
+    runs = [resolve(tiny, {"seed": s}) for s in range(4)]
+    final = {s: {"embeddings": np.zeros((4, 8), np.float32), "labels": np.arange(4), "index": np.arange(4)}
+             for s in ("train", "test")}
+    for cfg in runs[:3]:
+        store.write_run(store.run_path(tmp_path, run_id(cfg)),
+                        store.RunRecord(run_id(cfg), cfg.to_dict(), "completed", final=final))
+    catalog.rebuild(tmp_path)
+    real_file = h5py.File
+
+    def no_hdf5(*args, **kwargs):
+        raise AssertionError("opened a run.h5 although its catalog row is fresh")
+    monkeypatch.setattr(h5py, "File", no_hdf5)
+    assert run_statuses(runs, tmp_path) == ["completed", "completed", "completed", None]
+    assert pending(runs, tmp_path) == [3]
+    monkeypatch.setattr(h5py, "File", real_file)
+    path = store.run_path(tmp_path, run_id(runs[1]))
+    store.write_run(path, store.RunRecord(run_id(runs[1]), runs[1].to_dict(), "failed"))  # rewritten: row stale
+    assert run_statuses(runs, tmp_path)[1] == "failed" and pending(runs, tmp_path, retry_failed=True) == [1, 3]

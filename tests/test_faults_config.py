@@ -90,7 +90,7 @@ def test_bad_search_space_is_one_line_naming_the_key(tmp_path, case, text, key, 
     spec = tmp_path / "spec.yaml"
     spec.write_text(BASE + text + "\n")
     with pytest.raises(ConfigError) as exc:
-        parse_search(grid.load_spec(spec).search)
+        parse_search(load_spec(spec).search)
     assert exc.value.key == key and hint in str(exc.value) and "\n" not in str(exc.value), str(exc.value)
 
 

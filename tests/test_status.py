@@ -3,6 +3,7 @@
 import json
 import multiprocessing as mp
 import subprocess
+from pathlib import Path
 
 import numpy as np
 
@@ -10,8 +11,9 @@ from runner import grid, store
 from runner import status as status_cmd
 from runner.config import run_id
 from runner.launch import arrays, status
+from runner.spec import expand_grid, load_spec
 from runner.store import submissions
-from tests.conftest import PYTHON, ROOT
+from tests.conftest import PYTHON, ROOT, make_subprocess_env
 from tests.fake_runs import fake_run_id, write_fake_run
 
 
@@ -85,6 +87,38 @@ def test_arrays_fit_max_array_size_and_pack_runs_per_task():
     assert len(plan) == 5 and max(a.tasks for a in plan) == 1001
 
 
+def test_runs_per_task_rises_until_the_tasks_fit_max_submit_jobs():
+    assert arrays.fit_runs_per_task([5000], 1, 1001) == 5  # ceil(5000 / 5) = 1000 tasks
+    assert arrays.fit_runs_per_task([5000], 10, 1001) == 10  # 500 tasks fit already
+    assert arrays.fit_runs_per_task([10, 3, 1], 1, 4) == 5  # 2 + 1 + 1: each resource group its own tasks
+    assert arrays.fit_runs_per_task([10, 3, 1], 1, 2) is None  # three groups never fit in two jobs
+    assert arrays.fit_runs_per_task([10], 2, None) == 2  # no known limit: as asked
+    for sizes, room in (([5000], 1001), ([7, 7, 7], 5), ([1, 2, 3, 50], 9)):
+        k = arrays.fit_runs_per_task(sizes, 1, room)
+        tasks, _ = arrays.plan_arrays([(list(range(n)), [], "") for n in sizes], k, 1001, 0)
+        assert len(tasks) <= room and sum(map(len, tasks)) == sum(sizes)
+        if k > 1:  # and it is the smallest that fits
+            assert len(arrays.plan_arrays([(list(range(n)), [], "") for n in sizes], k - 1, 1001, 0)[0]) > room
+
+
+def test_plan_arrays_refuses_a_grid_that_cannot_fit_max_submit_jobs(tmp_path):
+    """Without squeue on PATH nothing is known queued: the override alone is the room."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: twelve\nmodel: {width: 8}\ngrid:\n  embedding.dim: [4, 8, 16]\n  seed: [0, 1, 2, 3]\n")
+    env = {**make_subprocess_env(), "PATH": str(Path(PYTHON).parent)}
+    manifest = tmp_path / "m.json"
+    run = lambda *extra: subprocess.run([PYTHON, "-m", "runner.grid", str(spec), "--out", str(tmp_path / "r"),
+                                         "--write-manifest", str(manifest), "--plan-arrays", *extra],
+                                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    p = run("--max-submit-jobs", "4", "--max-array-size", "3")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == ["0 0-2", "3 0-0"]  # 12 runs as 4 tasks of 3, arrays of at most 3
+    assert json.loads(manifest.read_text())["tasks"] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
+    assert "--max-submit-jobs 4: 12 runs as 4 tasks of up to 3 runs" in p.stderr
+    p = run("--max-submit-jobs", "-1")
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "--max-submit-jobs" in p.stderr
+
+
 def test_timeouts_get_more_time_capped_and_queued_runs_are_left_alone():
     rows = {0: status.RunState("a", "timeout", attempts=1, time_limit_s=3600),
             1: status.RunState("b", "timeout", attempts=1, time_limit_s=3 * 3600),
@@ -102,7 +136,7 @@ def test_estimate_uses_the_same_config_with_another_seed(tmp_path, capsys):
     out = tmp_path / "res"
     assert grid.main([str(spec), "--out", str(out), "--list", "--estimate"]) == 0
     assert "estimate: no basis" in capsys.readouterr().out
-    runs = grid.expand_grid(grid.load_spec(spec))
+    runs = expand_grid(load_spec(spec))
     for cfg, wall_s in ((runs[0], 120.0), (runs[1], 600.0)):  # seed 0 of dim 4 and of dim 8
         rec = store.RunRecord(run_id(cfg), cfg.to_dict(), "completed", attrs={"wall_time_s": wall_s})
         rec.final = {s: {"embeddings": np.zeros((2, 2), "float32"), "labels": np.arange(2), "index": np.arange(2)}

@@ -4,6 +4,7 @@ that timed out resubmitted with twice the time, and --runs-per-task 3 in one arr
 Runs on the local cluster (slurm/cluster.sh); tiny runs of a width-8 CNN, a few minutes in all.
 """
 
+import getpass
 import json
 import re
 import shutil
@@ -98,6 +99,10 @@ def test_runs_per_task_three_trains_three_runs_in_one_task(tmp_path, env):
     assert task_log.count("array task") == 1 and task_log.count(": completed") == 3, task_log
     rows = status(out, env)["runs"]
     assert [r["state"] for r in rows] == ["completed"] * 3 and {r["job"] for r in rows} == {f"{job}_0"}
+    for cfg in runs:  # each run.h5 names the array task that trained it
+        slurm = store.read_attrs(store.run_path(out, run_id(cfg)))["slurm"]
+        assert slurm["slurm_array_job_id"] == job and slurm["slurm_array_task_id"] == "0"
+        assert slurm["slurm_job_nodelist"] and slurm["slurm_job_id"]
 
 
 def test_requeued_then_timed_out_run_is_resubmitted_with_twice_the_time_and_resumes(tmp_path, env):
@@ -140,3 +145,23 @@ def test_requeued_then_timed_out_run_is_resubmitted_with_twice_the_time_and_resu
         assert len(submissions.read_submissions(out)) == 2
     finally:
         subprocess.run(["scancel", job] + ([retry] if "retry" in locals() else []), capture_output=True)
+
+
+def test_a_grid_stays_under_max_submit_jobs_beside_the_jobs_already_queued(tmp_path, env):
+    """GRID_MAX_SUBMIT_JOBS as a site's MaxSubmitJobs: room for 4 jobs beside those queued -> 12 runs in <= 4 tasks."""
+    spec, runs = make_spec(tmp_path, SPEC12)
+    out = tmp_path / "res"
+    queued = len(subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i"],
+                                capture_output=True, text=True, check=True).stdout.split())
+    log = grid_sh(spec, out, env, max_submit_jobs=queued + 4, sbatch_args="--hold")
+    jobs = re.findall(r"submitted array job (\d+) --array=0-(\d+)", log)
+    try:
+        n_tasks = sum(int(last) + 1 for _, last in jobs)
+        assert 1 <= n_tasks <= 4, log  # fewer if other jobs were queued meanwhile: the room only shrinks
+        (record,) = submissions.read_submissions(out)
+        assert sorted(rid for rid, _ in record["runs"]) == sorted(run_id(c) for c in runs)
+        assert len({task for _, task in record["runs"]}) == n_tasks
+        held = status(out, env)
+        assert held["counts"]["pending"] == 12
+    finally:
+        subprocess.run(["scancel", *[j for j, _ in jobs]], capture_output=True)

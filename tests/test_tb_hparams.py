@@ -3,7 +3,7 @@
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from runner import grid
+from runner.spec import expand_grid, load_spec
 from runner.launch.many import varying_keys
 from runner.launch.tb_logger import TBLogger
 
@@ -22,7 +22,7 @@ def hparam_names(logdir) -> list[str]:
 def test_varying_keys_come_first(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text("name: t\ngrid:\n  loss.margin: [0.1, 0.2]\n  embedding.dim: [8, 16]\n  seed: [0, 1]\n")
-    runs = grid.expand_grid(grid.load_spec(spec))
+    runs = expand_grid(load_spec(spec))
     keys = varying_keys(runs)
     assert {"loss.margin", "embedding.dim", "seed"} <= set(keys)  # (and miner.margin, which follows loss.margin)
     logger = TBLogger(tmp_path / "tb")

@@ -11,17 +11,23 @@ Runs whose last job ended in TIMEOUT get the time limit of that job × time_fact
 (capped by the partition's MaxTime), OUT_OF_MEMORY the memory × mem_factor, in arrays
 of their own; runs already queued or running are not submitted again; runs submitted
 max_attempts times are left out with a note.
+
+Every array task is one job for the site's MaxSubmitJobs (per user: association or QOS)
+and MaxJobCount (the controller's, all users): when the tasks would not fit beside the
+jobs already queued, runs_per_task is raised until they do (a note on stderr), and a
+submission that cannot fit even so is refused with a line that says what to do.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from runner.config import RunConfig, run_id
+from runner.config import ConfigError, RunConfig, run_id
 from runner.launch import slurm_jobs, status
 from runner.launch.revision import submission_provenance
 from runner.store import submissions
@@ -99,11 +105,61 @@ def submission_groups(runs: list[RunConfig], out: str | Path, todo: list[int], *
 
 
 def plan_submission(runs: list[RunConfig], out: str | Path, todo: list[int], *, runs_per_task: int = 1,
-                    max_array_size: int = 0, max_parallel: int = 0, **retry) -> tuple[list[list[int]], list[ArrayPlan]]:
-    """The tasks and arrays of the pending runs `todo`, asking SLURM for limits and last states."""
+                    max_array_size: int = 0, max_parallel: int = 0, max_submit_jobs: int = 0,
+                    **retry) -> tuple[list[list[int]], list[ArrayPlan]]:
+    """The tasks and arrays of the pending runs `todo`, asking SLURM for limits and last states.
+
+    max_submit_jobs: jobs this user may have queued at once (0: the site's MaxSubmitJobs / MaxJobCount).
+    """
     max_array_size = max_array_size or slurm_jobs.max_array_size() or 1001
     groups = submission_groups(runs, out, todo, **retry)
-    return plan_arrays(groups, max(1, runs_per_task), max_array_size, max_parallel)
+    room, limit = submit_room(max_submit_jobs)
+    sizes = [len(indices) for indices, _, _ in groups]
+    fitted = fit_runs_per_task(sizes, max(1, runs_per_task), room)
+    if fitted is None:
+        raise ConfigError("--max-submit-jobs", limit, f"room for {len(groups)} or more array tasks beside the jobs "
+                          f"already queued ({room} left): wait for queued jobs to end (squeue -u {getpass.getuser()}) "
+                          "or submit fewer runs")
+    if fitted != max(1, runs_per_task):
+        print(f"{limit}: {sum(sizes)} runs as {sum(-(-n // fitted) for n in sizes)} tasks of up to {fitted} runs "
+              f"(--runs-per-task {runs_per_task} would need {sum(-(-n // max(1, runs_per_task)) for n in sizes)} "
+              f"jobs, {room} fit)", file=sys.stderr)
+    return plan_arrays(groups, fitted, max_array_size, max_parallel)
+
+
+def submit_room(max_submit_jobs: int = 0) -> tuple[Optional[int], str]:
+    """(array tasks that may still be submitted, the limit that says so), (None, "") when no limit is known.
+
+    An override (--max-submit-jobs, GRID_MAX_SUBMIT_JOBS) is this user's limit; otherwise the smaller of
+    the user's MaxSubmitJobs and the cluster's MaxJobCount, each less the jobs it already counts.
+    """
+    user = getpass.getuser()
+    limits = []
+    per_user = max_submit_jobs or slurm_jobs.max_submit_jobs(user)
+    if per_user:
+        name = "--max-submit-jobs" if max_submit_jobs else "MaxSubmitJobs"
+        limits.append((per_user - (slurm_jobs.queued_jobs(user) or 0), f"{name} {per_user}"))
+    total = None if max_submit_jobs else slurm_jobs.max_job_count()
+    if total:
+        limits.append((total - (slurm_jobs.queued_jobs() or 0), f"MaxJobCount {total}"))
+    if not limits:
+        return None, ""
+    room, name = min(limits)
+    return max(0, room), name
+
+
+def fit_runs_per_task(sizes: list[int], runs_per_task: int, room: Optional[int]) -> Optional[int]:
+    """The smallest runs per task >= runs_per_task whose tasks (ceil(size / K) per resource group) fit in `room`;
+    None when even one task per group does not fit."""
+    if room is None:
+        return runs_per_task
+    sizes = [n for n in sizes if n]
+    if len(sizes) > room:
+        return None
+    k = runs_per_task
+    while sum(-(-n // k) for n in sizes) > room:
+        k += 1  # at most max(sizes) steps: one task per group always fits here
+    return k
 
 
 def submitit_limits(sbatch: list[str]) -> dict:

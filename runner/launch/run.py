@@ -125,7 +125,7 @@ def _failed_before_start(run: Run, out: str | Path, exc: ConfigError, retry_fail
 
 def _train(run: Run, device: torch.device, progress: bool, stop_after_epochs: Optional[int],
            on_epoch: Optional[OnEpoch], record_stopped: bool) -> dict:
-    run.attrs = {"seed": run.cfg.seed, "start_time": _now(), **provenance(run.env)}
+    run.attrs = {"seed": run.cfg.seed, "start_time": _now(), **provenance(run.env, device, run.dir.parent.parent)}
     state, logger, lines = engine.TrainState(), None, None
     try:
         parts, state = setup(run, device)

@@ -121,6 +121,35 @@ def max_array_size() -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
+def max_submit_jobs(user: str) -> Optional[int]:
+    """The fewest jobs `user` may have queued or running at once: the MaxSubmitJobs of the user's associations
+    (sacctmgr MaxSubmit) and the MaxSubmitPU of their QOS; None when none is set (or sacctmgr is missing).
+    Every array task counts as one job."""
+    assoc = _run(["sacctmgr", "-nP", "show", "assoc", f"where user={user}", "format=MaxSubmit,QOS"])
+    limits = [int(m) for m, _, _ in (line.partition("|") for line in assoc.splitlines()) if m.strip().isdigit()]
+    qos_names = {q for line in assoc.splitlines() for q in line.partition("|")[2].split(",") if q}
+    if qos_names:
+        for line in _run(["sacctmgr", "-nP", "show", "qos", "format=Name,MaxSubmitPU"]).splitlines():
+            name, _, limit = line.partition("|")
+            if name in qos_names and limit.strip().isdigit():
+                limits.append(int(limit))
+    return min(limits) if limits else None
+
+
+def max_job_count() -> Optional[int]:
+    """MaxJobCount of `scontrol show config`: jobs the controller holds at once, of all users; None when unknown."""
+    m = re.search(r"^MaxJobCount\s*=\s*(\d+)", _run(["scontrol", "show", "config"]), re.M)
+    return int(m.group(1)) if m else None
+
+
+def queued_jobs(user: Optional[str] = None) -> Optional[int]:
+    """Jobs queued or running (array tasks one each: squeue -r), of `user` or of everyone; None without squeue."""
+    if shutil.which("squeue") is None:
+        return None
+    text = _run(["squeue", "-h", "-r", "-o", "%i"] + (["-u", user] if user else []))
+    return len(text.split())
+
+
 def partition_max_time_s(partition: Optional[str] = None) -> Optional[float]:
     """MaxTime of the partition (the default one when None); None for UNLIMITED or unknown."""
     text = _run(["scontrol", "show", "partition"] + ([partition] if partition else []))

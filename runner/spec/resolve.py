@@ -7,6 +7,8 @@ margin of null takes the loss margin, so two spellings of one run share a run_id
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 
 from runner.config import ConfigError, RunConfig, build
 from runner.losses import loss_class, miner_class, resolve_miner_margin
@@ -37,13 +39,19 @@ def merge_layer(base: dict, override: dict) -> dict:
     return merge(base, override)
 
 
+@functools.lru_cache(maxsize=1)
+def _defaults_json() -> str:
+    """RunConfig's defaults as JSON, built once: a 10,000-run grid resolves 10,000 configs."""
+    return json.dumps(RunConfig().to_dict())
+
+
 def resolve(*layers: dict) -> RunConfig:
     """Build a complete RunConfig from (partial) nested dicts laid over the defaults.
 
     Derived values are filled in here, before hashing: a miner margin of null takes
     the loss margin when the miner has a margin parameter.
     """
-    data = RunConfig().to_dict()
+    data = json.loads(_defaults_json())  # a fresh copy: the layers' values never reach the cached defaults
     for layer in layers:
         if not isinstance(layer, dict):
             raise ConfigError("config", layer, "a mapping")

@@ -4,8 +4,9 @@ run.h5 stays the record; the catalog is an index of its root attributes, upserte
 when a run finishes (runner.launch.run) and rebuilt from the run.h5 files when missing
 (`python -m runner.status RESULTS --reindex`). A row remembers the mtime of the run.h5
 it was read from, so a reader can tell a stale row (the file was rewritten) and read
-the file instead. WAL mode and a long busy timeout make many concurrent writers safe
-(each upsert is one short transaction); sqlite3 is the standard library's.
+the file instead; `refresh` does that for a whole directory (what analysis.table reads).
+WAL mode and a long busy timeout make many concurrent writers safe (each upsert is one
+short transaction); sqlite3 is the standard library's.
 """
 
 from __future__ import annotations
@@ -18,14 +19,18 @@ from pathlib import Path
 from typing import Optional
 
 from runner.config import flatten
-from runner.store.run_file import CorruptRun, read_attrs
+from runner.store.run_file import CorruptRun, read_attrs, run_summary
 
 CATALOG = "index.sqlite"
 COLUMNS = ("run_id", "status", "config", "metrics", "start_time", "end_time", "train_time_s", "wall_time_s",
-           "host", "git_rev", "error", "epochs_run", "h5_mtime")
+           "host", "git_rev", "error", "epochs_run", "h5_mtime", "protocol")
 SCHEMA = """CREATE TABLE IF NOT EXISTS runs (
   run_id TEXT PRIMARY KEY, status TEXT, config TEXT, metrics TEXT, start_time TEXT, end_time TEXT,
-  train_time_s REAL, wall_time_s REAL, host TEXT, git_rev TEXT, error TEXT, epochs_run INTEGER, h5_mtime REAL)"""
+  train_time_s REAL, wall_time_s REAL, host TEXT, git_rev TEXT, error TEXT, epochs_run INTEGER, h5_mtime REAL,
+  protocol TEXT)"""
+PROTOCOL_KEYS = ("eval_protocol", "eval_query", "eval_gallery")
+"""The attrs of the run's evaluation protocol kept in the `protocol` column (JSON)."""
+FINISHED = ("completed", "failed", "stopped")
 LOGGER = logging.getLogger("dmlrunner")
 
 
@@ -46,6 +51,7 @@ def connect(out: str | Path) -> sqlite3.Connection:
             con.execute("PRAGMA journal_mode=WAL")
             con.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a crash loses at most the last commits
             con.execute(SCHEMA)
+            _add_missing_columns(con)
             return con
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) or time.monotonic() > deadline:
@@ -54,13 +60,33 @@ def connect(out: str | Path) -> sqlite3.Connection:
             time.sleep(0.05)
 
 
+def _add_missing_columns(con: sqlite3.Connection) -> None:
+    """A catalog written before a column existed gets it, and every row is made stale (h5_mtime NULL) so
+    that the next status or refresh reads each run.h5 once again to fill it."""
+    have = {row[1] for row in con.execute("PRAGMA table_info(runs)")}
+    if set(COLUMNS) <= have:
+        return
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        for column in (c for c in COLUMNS if c not in have):
+            con.execute(f"ALTER TABLE runs ADD COLUMN {column}")
+        con.execute("UPDATE runs SET h5_mtime = NULL")
+        con.execute("COMMIT")
+    except sqlite3.OperationalError as exc:
+        if con.in_transaction:
+            con.execute("ROLLBACK")
+        if "duplicate column" not in str(exc):  # another process added it first
+            raise
+
+
 def row_from_attrs(attrs: dict, h5_mtime: float) -> tuple:
-    """A catalog row of a run.h5's root attributes (config flattened, metrics as JSON)."""
+    """A catalog row of a run.h5's root attributes (config flattened, metrics and protocol as JSON)."""
     config = attrs.get("config") or {}
+    protocol = {k: attrs[k] for k in PROTOCOL_KEYS if k in attrs}
     return (attrs.get("run_id"), attrs.get("status"), json.dumps(flatten(config), sort_keys=True),
             json.dumps(attrs.get("metrics") or {}, sort_keys=True), attrs.get("start_time"), attrs.get("end_time"),
             attrs.get("train_time_s"), attrs.get("wall_time_s"), attrs.get("host"), attrs.get("git_rev"),
-            attrs.get("error"), attrs.get("epochs_run"), h5_mtime)
+            attrs.get("error"), attrs.get("epochs_run"), h5_mtime, json.dumps(protocol, sort_keys=True))
 
 
 def _upsert(con: sqlite3.Connection, rows: list[tuple]) -> None:
@@ -136,7 +162,34 @@ def read_catalog(out: str | Path) -> Optional[dict[str, dict]]:
         for values in cur:
             row = dict(zip(COLUMNS, values))
             row["config"], row["metrics"] = json.loads(row["config"]), json.loads(row["metrics"])
+            row["protocol"] = json.loads(row["protocol"]) if row["protocol"] else {}
             rows[row["run_id"]] = row
         return rows
     finally:
         con.close()
+
+
+def refresh(out: str | Path) -> dict[str, dict]:
+    """run_id -> decoded row for every finished run.h5 under OUT/runs, reading only the files that the
+    catalog lacks or that were rewritten since their row (those are upserted); the catalog is created
+    when missing. Rows of deleted run.h5 files are left out (`--reindex` drops them from the file)."""
+    rows = read_catalog(out) or {}
+    found, fresh = {}, []
+    for path in Path(out).glob("runs/*/run.h5"):
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            continue  # deleted while listing
+        row = rows.get(path.parent.name)
+        if row is not None and row["h5_mtime"] == mtime:
+            found[row["run_id"]] = row
+            continue
+        status, attrs = run_summary(path)
+        if status in FINISHED and attrs.get("run_id"):
+            fresh.append(row_from_attrs(attrs, mtime))
+    upsert_rows(out, fresh)
+    for values in fresh:
+        row = dict(zip(COLUMNS, values))
+        row["config"], row["metrics"], row["protocol"] = (json.loads(row[k]) for k in ("config", "metrics", "protocol"))
+        found[row["run_id"]] = row
+    return found
