@@ -111,6 +111,14 @@ class DataConfig:
     """A regular expression with one capture group, searched in each image's file name (e.g. ^(\\d+)_
     for <track>_<frame>.ppm): images of a class with the same captured text are one group, kept on
     one side of the stratified train/test and train/val cuts. None: images are split one by one."""
+    storage: str = "memory"
+    """memory: decode every image once into one uint8 tensor (the default; small sets); stream: a
+    DataLoader decodes each batch in worker processes from the image files or a packed HDF5, with
+    torchvision transforms (docs/streaming.md); auto: stream when the decoded set would take more than
+    half the available memory per process, and say which in the log."""
+    num_workers: int = 2
+    """DataLoader worker processes in stream mode (0: decode in the training process). Batches and crops
+    are the same for any number, so it is left out of the run_id."""
 
 
 @dataclass(frozen=True)
@@ -230,6 +238,8 @@ def validate(cfg: RunConfig) -> None:
     _check(d.n_per_class is None or d.n_per_class >= 2, "data.n_per_class", d.n_per_class, "an integer >= 2 or null")
     _check(d.min_images_per_class >= 2, "data.min_images_per_class", d.min_images_per_class, "an integer >= 2")
     _check(d.image_size is None or d.image_size >= 8, "data.image_size", d.image_size, "an integer >= 8 or null")
+    _check(d.storage in ("memory", "stream", "auto"), "data.storage", d.storage, "memory, stream or auto")
+    _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "an integer >= 0")
     _check(d.augment in ("auto", "none", "light", "strong"), "data.augment", d.augment, "auto, none, light or strong")
     _check(m.norm in ("batch", "group", "none"), "model.norm", m.norm, "batch, group or none")
     _check(m.width >= 4, "model.width", m.width, "an integer >= 4")
@@ -341,7 +351,7 @@ def from_dict(data: dict) -> RunConfig:
 
 ID_SCHEME = 2
 """Version of the run_id scheme, stored in run.h5 (1: hash of the whole config; 2: of `identity`)."""
-EXECUTION_ONLY = ("train.num_threads",)
+EXECUTION_ONLY = ("train.num_threads", "data.num_workers")
 """Settings that change how fast a run goes, never its results: left out of the run_id."""
 
 
