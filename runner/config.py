@@ -133,6 +133,9 @@ class ModelConfig:
     """Path to local trunk weights (loaded with weights_only=True); never downloaded."""
     freeze_trunk: bool = False
     """Train only the embedding head."""
+    freeze_bn: bool = False
+    """Keep the trunk's BatchNorm layers fixed (eval-mode statistics, no affine updates), as the
+    metric-learning recipes do with pretrained trunks and batches of 32 classes × 4."""
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,9 @@ class TrainConfig:
     """adam, adamw or sgd."""
     lr: float = 2e-3
     """Peak learning rate."""
+    trunk_lr: Optional[float] = None
+    """Peak learning rate of the trunk's parameters (an optimiser parameter group of its own);
+    None: train.lr for every parameter. The head and the loss's parameters always use train.lr."""
     weight_decay: float = 5e-4
     """Decoupled weight decay (adamw) or L2 (adam, sgd)."""
     schedule: str = "cosine"
@@ -260,6 +266,7 @@ def validate(cfg: RunConfig) -> None:
                "classes with fewer than K images would only repeat them")
     _check(t.optimizer in ("adam", "adamw", "sgd"), "train.optimizer", t.optimizer, "adam, adamw or sgd")
     _check(t.lr > 0, "train.lr", t.lr, "a number > 0")
+    _check(t.trunk_lr is None or t.trunk_lr > 0, "train.trunk_lr", t.trunk_lr, "a number > 0 or null")
     _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a number >= 0")
     _check(t.schedule in ("cosine", "constant"), "train.schedule", t.schedule, "cosine or constant")
     _check(0 <= t.warmup_fraction < 1, "train.warmup_fraction", t.warmup_fraction, "a number in [0, 1)")

@@ -56,6 +56,10 @@ def build_parts(model_cfg: ModelConfig, emb_cfg: EmbeddingConfig, loss_cfg: Loss
     loss_fn = build_loss(loss_cfg, num_classes=len(train.class_names), embedding_size=emb_cfg.dim).to(device)
     miner = build_miner(miner_cfg)
     params = [p for p in model.parameters() if p.requires_grad] + list(loss_fn.parameters())
+    if t.trunk_lr is not None:  # two parameter groups; the schedule scales both alike
+        trunk = [p for p in model.trunk.parameters() if p.requires_grad]
+        rest = [p for p in params if all(p is not q for q in trunk)]
+        params = [{"params": trunk, "lr": t.trunk_lr}, {"params": rest}]
     if env.distributed:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         loss_fn = pml_dist.DistributedLossWrapper(loss_fn)
