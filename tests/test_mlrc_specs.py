@@ -14,6 +14,7 @@ from runner.launch.validate import validate_runs
 from runner.spec import expand_grid, load_spec
 from runner.training.models import make_trunk
 from runner.training.parts import build_parts
+from runner.training.protocols import score
 from tests.test_dml_sets import make_cars, make_cub, make_inshop, make_sop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,3 +68,11 @@ def test_trunk_lr_is_a_parameter_group_and_freeze_bn_keeps_batchnorm_fixed():
     assert all(not m.training for m in bn) and parts.model.head.training
     parts.model(train.images[:8])
     assert all(torch.equal(a, m.running_mean) for a, m in zip(before, bn))  # statistics untouched by a batch
+
+
+def test_clustering_off_drops_nmi_and_ami_and_keeps_the_retrieval_metrics():
+    ds = ImageSet(torch.zeros(12, 1, 1, 1, dtype=torch.uint8), torch.arange(3).repeat(4), list("abc"), torch.arange(12))
+    emb = torch.nn.functional.normalize(torch.randn(12, 4, generator=torch.Generator().manual_seed(0)), dim=1)
+    on, off = score(ds, emb, None, None, (1, 2)), score(ds, emb, None, None, (1, 2), clustering=False)
+    assert "nmi" in on and "ami" in on and "nmi" not in off and "ami" not in off
+    assert {k: v for k, v in on.items() if k not in ("nmi", "ami")} == off

@@ -168,7 +168,7 @@ def setup(run: Run, device: torch.device) -> tuple[Parts, engine.TrainState]:
     run.splits, policy = prepare_data(run.cfg.data, ranks=run.env.world_size)
     if run.env.is_main and run.cfg.data.storage != "memory":
         print(f"run {run.run_id}: {run.splits.train.meta.get('storage_reason')}", flush=True)
-    run.protocol = protocol_for(run.cfg.data, run.splits, run.cfg.eval.recall_at)
+    run.protocol = protocol_for(run.cfg.data, run.splits, run.cfg.eval.recall_at, run.cfg.eval.clustering)
     parts = build_run_parts(run.cfg, run.splits, policy, run.env, device)
     ckpt = run.dir / "checkpoint.pt"
     state = load_checkpoint(ckpt, parts, run.run_id) or engine.TrainState()
