@@ -9,7 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
 from PIL import Image
+
+from runner import store
 
 from runner.config import ConfigError, DataConfig, RunConfig, build, run_id
 from runner.data import load_dataset, split_dataset
@@ -19,10 +22,12 @@ from runner.data.augment import policy_for
 from runner.data.packed import read_pack
 from runner.data.streaming import LazyImages, PackSource, StreamDataset, choose_storage, is_lazy
 from runner.dist import DistEnv
-from runner.launch.run import run_one
+from runner.launch.run import prepare_data, run_one
 from runner.training.batches import StreamBatches
+from runner.training.models import build_model
 from runner.training.parts import Parts
 from tests.conftest import tiny_layer
+from tests.test_ddp import free_port
 from tests.test_dml_sets import make_sop
 
 
@@ -164,3 +169,24 @@ def test_streamed_evaluation_gathers_every_row_in_order(tmp_path):
     direct = model(torch.from_numpy(splits.test.images.numpy()).float().div(255.0))
     assert emb.shape == (len(splits.test), 5)
     torch.testing.assert_close(emb, direct.detach())
+
+
+def _stream_rank(rank: int, cfg: RunConfig, out: str, port: int) -> None:
+    result = run_one(cfg, out, DistEnv(rank, rank, 2, "127.0.0.1", port, "test"), progress=False)
+    assert result["status"] == "completed", result
+
+
+def test_two_gloo_ranks_stream_and_gather_every_split_in_row_order(tmp_path):
+    cfg = build(RunConfig, {**tiny_layer(epochs=1), "data": {"storage": "stream", "num_workers": 0}})
+    mp.spawn(_stream_rank, args=(cfg, str(tmp_path), free_port()), nprocs=2, join=True)
+    path = store.run_path(tmp_path, run_id(cfg))
+    final = store.read_run(path)["final"]
+    splits, policy = prepare_data(cfg.data)
+    state = torch.load(path.with_name("model.pt"), weights_only=True)["model"]
+    model = build_model(cfg.model, cfg.embedding, 1, 8, state["mean"].flatten(), state["std"].flatten())
+    model.load_state_dict(state)
+    source = StreamBatches(splits, policy, cfg.seed, 0, torch.device("cpu"))
+    for split in ("train", "test"):  # each rank embedded every other row; gathered back in order
+        assert len(final[split]["embeddings"]) == len(getattr(splits, split))
+        np.testing.assert_allclose(final[split]["embeddings"], source.embed_split(model, split, DistEnv()).numpy(),
+                                   atol=1e-5)
