@@ -10,9 +10,10 @@ rss: a Stanford-Online-Products-layout set of tiny JPEGs per size (benchmarks/im
 few encoded images whose bytes are reused), then `python -m runner.train jobs/sop.yaml` in a
 subprocess, one epoch, CPU, with a small trunk and image size (resnet50 at 224 px is days per
 epoch on 2 cores; the input pipeline's memory does not depend on the trunk). Every 0.2 s the RSS
-of the run's process tree (trainer + DataLoader workers) is summed; the peak is reported, with
-what memory mode would have to hold for the same set decoded at 224 px. The sum of RSS counts
-pages the workers share with the trainer once per process: an upper bound.
+of the run's process tree (trainer + DataLoader workers) is summed, and so is its PSS; the peaks
+are reported, with what memory mode would have to hold for the same set decoded at 224 px. The
+sum of RSS counts pages the forked workers share with the trainer once per process (an upper
+bound); PSS shares them out (the footprint).
 speed: benchmarks/gpu_check.py's rows on CPU (a generated folder of 256 px JPEGs, packed to
 HDF5), train samples/s of the last epoch and eval images/s, as ratios to memory mode.
 """
@@ -36,24 +37,33 @@ from image_sets import write_sop  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tree_rss(pid: int) -> int:
-    """Bytes of RSS of pid and all its descendants (from /proc; 0 for a process that is gone)."""
-    total, todo = 0, [pid]
+def tree_memory(pid: int) -> tuple[int, int]:
+    """(RSS, PSS) bytes of pid and all its descendants, summed (from /proc; a process that is gone adds 0).
+
+    RSS counts the pages forked DataLoader workers share with the trainer once per process (an
+    upper bound); PSS splits each shared page among the processes sharing it (the real footprint).
+    """
+    rss = pss = 0
+    todo = [pid]
     while todo:
         p = todo.pop()
         try:
-            with open(f"/proc/{p}/status", encoding="ascii") as f:
-                total += next((int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:")), 0)
+            with open(f"/proc/{p}/smaps_rollup", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("Rss:"):
+                        rss += int(line.split()[1]) * 1024
+                    elif line.startswith("Pss:"):
+                        pss += int(line.split()[1]) * 1024
             for task in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{task}/children", encoding="ascii") as f:
                     todo += [int(c) for c in f.read().split()]
         except (FileNotFoundError, ProcessLookupError, PermissionError):
             continue
-    return total
+    return rss, pss
 
 
-def sop_run(root: Path, out: Path, args) -> tuple[int, float, str]:
-    """(peak tree RSS bytes, wall s, the last lines of output) of one jobs/sop.yaml run in a subprocess."""
+def sop_run(root: Path, out: Path, args) -> tuple[int, int, float, str]:
+    """(peak tree RSS, peak tree PSS bytes, wall s, the last lines of output) of one jobs/sop.yaml run."""
     sets = [f"data.root={root}", "model.pretrained=null", f"model.backbone={args.backbone}", "model.width=8",
             f"data.image_size={args.image_size}", "train.epochs=1", f"data.num_workers={args.workers}",
             "train.num_threads=1", "train.device=cpu", "train.amp=false", "model.freeze_bn=false"]
@@ -64,16 +74,17 @@ def sop_run(root: Path, out: Path, args) -> tuple[int, float, str]:
     for s in sets:
         cmd += ["--set", s]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    t0, peak = time.perf_counter(), 0
+    t0, peak, peak_pss = time.perf_counter(), 0, 0
     log = out.with_name(out.name + ".log")
     with open(log, "w") as f, subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT) as p:
         while p.poll() is None:
-            peak = max(peak, tree_rss(p.pid))
+            rss, pss = tree_memory(p.pid)
+            peak, peak_pss = max(peak, rss), max(peak_pss, pss)
             time.sleep(0.2)
     lines = log.read_text().splitlines()
     if p.returncode != 0:
         raise SystemExit(f"run failed ({p.returncode}):\n" + "\n".join(lines[-20:]))
-    return peak, time.perf_counter() - t0, "\n".join(lines[-3:])
+    return peak, peak_pss, time.perf_counter() - t0, "\n".join(lines[-3:])
 
 
 def rss_part(tmp: Path, args) -> list[dict]:
@@ -82,10 +93,11 @@ def rss_part(tmp: Path, args) -> list[dict]:
         t0 = time.perf_counter()
         root = write_sop(tmp / f"sop-{n}", n, args.side)
         made = time.perf_counter() - t0
-        peak, wall, tail = sop_run(root, tmp / f"runs-{n}", args)
-        rows.append({"images": n, "peak_gib": peak / 2**30, "wall_s": wall, "write_s": made,
+        peak, peak_pss, wall, tail = sop_run(root, tmp / f"runs-{n}", args)
+        rows.append({"images": n, "peak_gib": peak / 2**30, "pss_gib": peak_pss / 2**30, "wall_s": wall, "write_s": made,
                      "memory_224_gib": n * 3 * 224 * 224 / 2**30})
-        print(f"  {n:>7} images: peak RSS (trainer + workers) {peak / 2**30:.2f} GiB, run {wall:.0f} s "
+        print(f"  {n:>7} images: peak of trainer + workers: RSS {peak / 2**30:.2f} GiB, PSS {peak_pss / 2**30:.2f} GiB; "
+              f"run {wall:.0f} s "
               f"(set written in {made:.0f} s); memory mode at 224 px would hold {rows[-1]['memory_224_gib']:.1f} GiB",
               flush=True)
         print("    " + tail.replace("\n", "\n    "), flush=True)

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.py on CPU: says there is no CUDA device and exits 0; its table's code path runs."""
+"""benchmarks/gpu_check.py on CPU (no CUDA device: exit 0; the table's code path) and benchmarks/stream_memory.py --quick."""
 
 import importlib.util
 import math
@@ -39,3 +39,17 @@ def test_amp_setting_follows_the_config_type():
     on, off = mod.amp_value(True), mod.amp_value(False)
     assert build(TrainConfig, {"amp": on}).amp == on and build(TrainConfig, {"amp": off}).amp == off  # type-checked
     assert on != off
+
+
+def test_stream_memory_benchmark_runs_both_parts_quickly(subprocess_env):
+    env = {**subprocess_env, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run([PYTHON, str(ROOT / "benchmarks" / "stream_memory.py"), "--quick"], env=env,
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
+    peak = [line for line in p.stdout.splitlines() if "images: peak of trainer + workers" in line]
+    assert len(peak) == 1
+    rss, pss = (float(peak[0].split(k)[1].split("GiB")[0]) for k in ("RSS ", "PSS "))
+    assert 0 < pss <= rss < 3  # a few hundred images: far below the bound, PSS never above RSS
+    rows = [line for line in p.stdout.splitlines() if line.startswith("| memory") or line.startswith("| stream")]
+    assert [r.split("|")[1].strip() + "/" + r.split("|")[2].strip() for r in rows] == \
+        ["memory/0", "stream-h5/0", "stream-h5/2", "stream-jpeg/0", "stream-jpeg/2"]

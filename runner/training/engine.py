@@ -4,6 +4,8 @@ Randomness is keyed by (seed, epoch): the sampler, the augmentation generator an
 torch's global generator are reseeded at the start of every epoch, so a run resumed
 from the checkpoint of epoch e replays epochs e+1.. exactly as an uninterrupted run.
 
+Images come from a batch source: DeviceData (memory mode: the splits' tensors on the device,
+augmented there) or runner.training.batches.StreamBatches (stream mode: a DataLoader).
 `fit` takes the TrainConfig and the seed, not the whole RunConfig, and returns the
 TrainState; an epoch callback that returns a reason (a string) ends training after
 that epoch, with `state.stop_reason` set.
