@@ -10,8 +10,6 @@ evaluation. The batch sampler is a `BatchPlan` the training loop fills with the 
 sampler's batches; each item carries its own seed, keyed by (seed, epoch, step, position),
 so batches and crops do not depend on the number of workers (docs/streaming.md).
 """
-# long: the stand-in for decoded images, its sources, reader, transforms and loader are one
-# concern, read together; splitting them would only add imports between halves.
 
 from __future__ import annotations
 
