@@ -114,6 +114,14 @@ class DataConfig:
     test_classes: Optional[tuple[str, ...]] = None
     """class_disjoint: the class names held out for test (e.g. ["5", "6", "7", "8", "9"] for digits 0-4
     vs 5-9), the rest trained on; None holds out round(test_fraction · classes) drawn from split_seed."""
+    storage: str = "memory"
+    """memory: decode every image once into one uint8 tensor (the default; small sets); stream: a
+    DataLoader decodes each batch in worker processes from the image files or a packed HDF5, with
+    torchvision transforms (docs/streaming.md); auto: stream when the decoded set would take more than
+    half the available memory per process, and say which in the log."""
+    num_workers: int = 2
+    """DataLoader worker processes in stream mode (0: decode in the training process). Batches and crops
+    are the same for any number, so it is left out of the run_id."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,9 @@ class ModelConfig:
     """Path to local trunk weights (loaded with weights_only=True); never downloaded."""
     freeze_trunk: bool = False
     """Train only the embedding head."""
+    freeze_bn: bool = False
+    """Keep the trunk's BatchNorm layers fixed (eval-mode statistics, no affine updates), as the
+    metric-learning recipes do with pretrained trunks and batches of 32 classes × 4."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +186,9 @@ class TrainConfig:
     """adam, adamw or sgd."""
     lr: float = 2e-3
     """Peak learning rate."""
+    trunk_lr: Optional[float] = None
+    """Peak learning rate of the trunk's parameters (an optimiser parameter group of its own);
+    None: train.lr for every parameter. The head and the loss's parameters always use train.lr."""
     weight_decay: float = 5e-4
     """Decoupled weight decay (adamw) or L2 (adam, sgd)."""
     schedule: str = "cosine"
@@ -199,6 +213,10 @@ class TrainConfig:
 class EvalConfig:
     recall_at: tuple[int, ...] = (1, 2, 4, 8)
     """K of the Recall@K metrics (recall_at_<K>); the protocol per split is in docs/evaluation.md."""
+    clustering: bool = True
+    """NMI and AMI of k-means (k = classes) on the test queries. Each k-means iteration costs
+    queries × classes × dim: hours on CPU for SOP's 60k test images of 11k products, so the
+    SOP and In-Shop specs turn it off (their metrics are Recall@K and MAP@R)."""
 
 
 @dataclass(frozen=True)
@@ -250,6 +268,8 @@ def validate(cfg: RunConfig) -> None:
     _check(d.n_per_class is None or d.n_per_class >= 2, "data.n_per_class", d.n_per_class, "an integer >= 2 or null")
     _check(d.min_images_per_class >= 2, "data.min_images_per_class", d.min_images_per_class, "an integer >= 2")
     _check(d.image_size is None or d.image_size >= 8, "data.image_size", d.image_size, "an integer >= 8 or null")
+    _check(d.storage in ("memory", "stream", "auto"), "data.storage", d.storage, "memory, stream or auto")
+    _check(d.num_workers >= 0, "data.num_workers", d.num_workers, "an integer >= 0")
     _check(d.augment in ("auto", "none", "light", "strong"), "data.augment", d.augment, "auto, none, light or strong")
     _check(m.norm in ("batch", "group", "none"), "model.norm", m.norm, "batch, group or none")
     _check(m.width >= 4, "model.width", m.width, "an integer >= 4")
@@ -270,6 +290,7 @@ def validate(cfg: RunConfig) -> None:
                "classes with fewer than K images would only repeat them")
     _check(t.optimizer in ("adam", "adamw", "sgd"), "train.optimizer", t.optimizer, "adam, adamw or sgd")
     _check(t.lr > 0, "train.lr", t.lr, "a number > 0")
+    _check(t.trunk_lr is None or t.trunk_lr > 0, "train.trunk_lr", t.trunk_lr, "a number > 0 or null")
     _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "a number >= 0")
     _check(t.schedule in ("cosine", "constant"), "train.schedule", t.schedule, "cosine or constant")
     _check(0 <= t.warmup_fraction < 1, "train.warmup_fraction", t.warmup_fraction, "a number in [0, 1)")
@@ -362,7 +383,7 @@ def from_dict(data: dict) -> RunConfig:
 
 ID_SCHEME = 2
 """Version of the run_id scheme, stored in run.h5 (1: hash of the whole config; 2: of `identity`)."""
-EXECUTION_ONLY = ("train.num_threads",)
+EXECUTION_ONLY = ("train.num_threads", "data.num_workers")
 """Settings that change how fast a run goes, never its results: left out of the run_id."""
 
 

@@ -147,8 +147,8 @@ def test_class_disjoint_tune_run_validates_on_held_out_classes(tmp_path):
 def test_query_gallery_run_stores_both_sets_and_never_matches_a_query_with_itself(tmp_path, monkeypatch):
     real = launch_run.prepare_data
 
-    def prepare_data(cfg):  # the data helper's query/gallery loaders may not exist: build the sets here
-        splits, policy = real(cfg)
+    def prepare_data(cfg, **kw):  # the data helper's query/gallery loaders may not exist: build the sets here
+        splits, policy = real(cfg, **kw)
         return with_query_gallery(splits), policy
 
     monkeypatch.setattr(launch_run, "prepare_data", prepare_data)

@@ -26,6 +26,8 @@ class AugmentPolicy:
     jitter: float = 0.0
     """Brightness and contrast factors drawn from [1 - jitter, 1 + jitter]."""
     hflip: bool = False
+    crop_scale: float = 1.0
+    """Stream mode only: RandomResizedCrop's smallest area fraction (the memory path warps instead)."""
 
     @property
     def active(self) -> bool:
@@ -34,8 +36,9 @@ class AugmentPolicy:
 
 LEVELS = {
     "none": AugmentPolicy(),
-    "light": AugmentPolicy(rotate_deg=10, scale=0.1, shift=0.1, jitter=0.1),
-    "strong": AugmentPolicy(rotate_deg=15, scale=0.15, shift=0.12, jitter=0.3),
+    "light": AugmentPolicy(rotate_deg=10, scale=0.1, shift=0.1, jitter=0.1, crop_scale=0.5),
+    # strong's crops: the 0.16..1 area of the metric-learning recipes (MLRC, powerful-benchmarker)
+    "strong": AugmentPolicy(rotate_deg=15, scale=0.15, shift=0.12, jitter=0.3, crop_scale=0.16),
 }
 # family -> (level, flips). Signs and digits carry arrows and text: never flip them.
 # Signs: light, not strong: strong warps underfit a 300-step budget (docs/small-data.md:
@@ -53,7 +56,7 @@ def policy_for(cfg: DataConfig, family: str) -> AugmentPolicy:
     if cfg.hflip is not None:
         flip = cfg.hflip
     base = LEVELS[level]
-    return AugmentPolicy(base.rotate_deg, base.scale, base.shift, base.jitter, flip)
+    return AugmentPolicy(base.rotate_deg, base.scale, base.shift, base.jitter, flip, base.crop_scale)
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

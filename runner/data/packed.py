@@ -92,11 +92,20 @@ def describe_pack(root: Optional[str]) -> DataShape:
     return DataShape(shape[1], shape[2], shape[3], tuple(np.bincount(labels, minlength=n_classes).tolist()))
 
 
-def read_pack(root: Optional[str]) -> ImageSet:
-    """Read a packed file whole into memory as an ImageSet (meta keeps the source's family)."""
+def read_pack(root: Optional[str], with_images: bool = True) -> ImageSet:
+    """Read a packed file whole into memory as an ImageSet (meta keeps the source's family).
+
+    with_images=False leaves the images on disk: `images` is then an empty uint8 tensor of
+    shape (N, C, H, W) with stride 0 (no memory), for stream mode to replace.
+    """
     path, f = _open_pack(root)
     with f:
-        images = torch.from_numpy(f["images"][()])
+        stored = f["images"]
+        if with_images:
+            images = torch.from_numpy(stored[()])
+        else:
+            ok = stored.dtype == np.uint8 and stored.ndim == 4
+            images = torch.zeros((), dtype=torch.uint8 if ok else torch.float32).expand(*stored.shape)
         labels = torch.from_numpy(f["labels"][()].astype(np.int64))
         index = torch.from_numpy(f["index"][()].astype(np.int64))
         class_names = list(f["class_names"].asstr()[()])

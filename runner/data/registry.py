@@ -27,6 +27,7 @@ from runner.data.mnist import describe_fashion_mnist, describe_mnist, load_fashi
 from runner.data.packed import describe_pack, read_pack
 from runner.data.paths import DEFAULT_SIZE, DOCS
 from runner.data.sop import sop_files
+from runner.data.streaming import choose_storage, lazy_files, lazy_pack, lazy_tensor
 from runner.data.synthetic_signs import DEFAULT_SIZE as SIGNS_SIZE
 from runner.data.synthetic_signs import IMAGES_PER_CLASS, class_table, generate_signs
 
@@ -113,22 +114,48 @@ def check_name(name: str) -> None:
         raise ConfigError("data.name", name, f"one of {', '.join(dataset_names())}{suggest(name, dataset_names())}")
 
 
-def load_dataset(cfg: DataConfig, progress: bool = False) -> ImageSet:
+def load_dataset(cfg: DataConfig, progress: bool = False, ranks: int = 1) -> ImageSet:
     """Load the data set named by cfg.name, group it, drop rare classes and resize when asked.
 
     progress: a bar on stderr while image files are decoded (runner.data pack).
+    ranks: processes on this node that each load the set (data.storage: auto divides the memory).
+    With data.storage stream (or auto choosing it) `images` is a runner.data.streaming.LazyImages
+    and meta["storage"] says what was chosen and why.
     """
     check_name(cfg.name)
-    if cfg.name in FILE_SETS:
+    storage, why = _storage(cfg, ranks)
+    if storage == "stream":
+        ds = _load_lazy(cfg)
+    elif cfg.name in FILE_SETS:
         ds = decode_files(FILE_SETS[cfg.name](cfg), cfg.image_size or DEFAULT_SIZE, progress)
     else:
         ds = LOADERS[cfg.name](cfg)
+    ds.meta = {**ds.meta, "storage": storage, "storage_reason": why}
     if cfg.group_by is not None:
         ds = assign_groups(ds, cfg.group_by, cfg.name)
     ds = drop_rare_classes(ds, cfg.min_images_per_class)
-    if cfg.image_size is not None and ds.images.shape[-1] != cfg.image_size:
+    if storage == "memory" and cfg.image_size is not None and ds.images.shape[-1] != cfg.image_size:
         ds.images = resize_uint8(ds.images, cfg.image_size)
     return ds
+
+
+def _storage(cfg: DataConfig, ranks: int) -> tuple[str, str]:
+    """data.storage resolved; auto reads the set's size from its listing or header (describe_data)."""
+    if cfg.storage != "auto":
+        return cfg.storage, f"data.storage: {cfg.storage}"
+    shape = DESCRIBERS[cfg.name](cfg).resized(cfg.image_size)
+    return choose_storage(cfg, sum(shape.class_counts), shape.channels, shape.width, ranks)
+
+
+def _load_lazy(cfg: DataConfig) -> ImageSet:
+    """The set with its images left where they are (stream mode)."""
+    if cfg.name in FILE_SETS:
+        return lazy_files(FILE_SETS[cfg.name](cfg), cfg.image_size or DEFAULT_SIZE)
+    if cfg.name == "h5":
+        ds = read_pack(cfg.root, with_images=False)
+        _, channels, _, side = ds.images.shape
+        return lazy_pack(ds, ds.meta["root"], channels, side, cfg.image_size)
+    return lazy_tensor(LOADERS[cfg.name](cfg), cfg.image_size)
 
 
 def check_data(cfg: DataConfig) -> None:

@@ -28,11 +28,13 @@ from runner import dist, store
 from runner.config import ConfigError, DataConfig, RunConfig, run_id
 from runner.data import ImageSet, Splits, load_dataset, split_dataset
 from runner.data.augment import AugmentPolicy, policy_for
+from runner.data.streaming import is_lazy
 from runner.launch.progress import EpochLog
 from runner.launch.provenance import provenance
 from runner.launch.start import is_done, start_decision
 from runner.launch.tb_logger import TBLogger
 from runner.training import engine
+from runner.training.batches import stream_source
 from runner.training.checkpoint import load_checkpoint, save_checkpoint
 from runner.training.parts import Parts, build_parts, unwrap
 from runner.training.protocols import Protocol, protocol_for
@@ -137,7 +139,8 @@ def _train(run: Run, device: torch.device, progress: bool, stop_after_epochs: Op
         callback = epoch_end(run, parts, logger, lines, len(state.steps["step"]), stop_at, on_epoch, record_stopped)
         t0 = time.perf_counter()
         state = engine.fit(run.cfg.train, run.cfg.seed, run.splits, parts, run.env, state, callback, progress,
-                           run.protocol)
+                           run.protocol, stream_source(run.splits, parts, run.cfg.seed, run.cfg.data.num_workers,
+                                                        run.protocol))
         if state.stop_reason == INTERRUPTED:
             return run.summary(INTERRUPTED, epoch=state.epoch)
         if state.stop_reason == STOPPED:
@@ -162,8 +165,10 @@ def setup(run: Run, device: torch.device) -> tuple[Parts, engine.TrainState]:
         torch.set_num_threads(t.num_threads)
     torch.use_deterministic_algorithms(t.deterministic, warn_only=True)
     run.attrs["hosts"] = dist.gather_hosts(run.env)  # a rank per host on multi-node runs
-    run.splits, policy = prepare_data(run.cfg.data)
-    run.protocol = protocol_for(run.cfg.data, run.splits, run.cfg.eval.recall_at)
+    run.splits, policy = prepare_data(run.cfg.data, ranks=run.env.world_size)
+    if run.env.is_main and run.cfg.data.storage != "memory":
+        print(f"run {run.run_id}: {run.splits.train.meta.get('storage_reason')}", flush=True)
+    run.protocol = protocol_for(run.cfg.data, run.splits, run.cfg.eval.recall_at, run.cfg.eval.clustering)
     parts = build_run_parts(run.cfg, run.splits, policy, run.env, device)
     ckpt = run.dir / "checkpoint.pt"
     state = load_checkpoint(ckpt, parts, run.run_id) or engine.TrainState()
@@ -172,20 +177,20 @@ def setup(run: Run, device: torch.device) -> tuple[Parts, engine.TrainState]:
     return parts, state
 
 
-def prepare_data(cfg: DataConfig) -> tuple[Splits, AugmentPolicy]:
+def prepare_data(cfg: DataConfig, ranks: int = 1) -> tuple[Splits, AugmentPolicy]:
     """Load (once per process and data config), split and pick the augmentation policy.
 
     Raises ConfigError on bad data settings. The loaded set is kept for the next run of
     the same process (runner.grid --run, --jobs workers, packed tasks): most grids vary
     everything but the data, and a fresh load is the largest fixed cost of a small run.
     """
-    ds = _load_cached(cfg)
+    ds = _load_cached(cfg, ranks)
     return split_dataset(ds, cfg), policy_for(cfg, ds.meta.get("family", "folder"))
 
 
 @functools.lru_cache(maxsize=1)
-def _load_cached(cfg: DataConfig) -> ImageSet:
-    return load_dataset(cfg)  # splits index into it and copy: the cached set is never modified
+def _load_cached(cfg: DataConfig, ranks: int = 1) -> ImageSet:
+    return load_dataset(cfg, ranks=ranks)  # splits index into it and copy: the cached set is never modified
 
 
 def build_run_parts(cfg: RunConfig, splits: Splits, policy: AugmentPolicy, env: dist.DistEnv,
@@ -230,8 +235,9 @@ def finish(run: Run, state: engine.TrainState, parts: Parts, logger: Optional[TB
         rec = record(run, "completed", state, status_reason="", metrics=metrics, train_time_s=state.elapsed_s,
                      wall_time_s=wall_s, samples_per_s=samples_per_s, epochs_run=state.epoch, end_time=_now())
         logger.log_hparams(run.cfg.to_dict(), metrics, run_name="hparams", first=run.hparam_keys)
+        sprites = None if is_lazy(run.splits.test.images) else run.splits.test.images  # stream: none decoded
         logger.log_projector(rec.final["test"]["embeddings"], rec.final["test"]["labels"],
-                             run.splits.test.class_names, run.splits.test.images, run.cfg.seed)
+                             run.splits.test.class_names, sprites, run.cfg.seed)
         # model.pt first: run.h5 saying `completed` is the marker that the run is done, so it comes last
         with store.atomic_path(run.dir / "model.pt") as tmp:
             torch.save({"run_id": run.run_id, "model": unwrap(parts.model).state_dict()}, tmp)

@@ -4,6 +4,8 @@ Randomness is keyed by (seed, epoch): the sampler, the augmentation generator an
 torch's global generator are reseeded at the start of every epoch, so a run resumed
 from the checkpoint of epoch e replays epochs e+1.. exactly as an uninterrupted run.
 
+Images come from a batch source: DeviceData (memory mode: the splits' tensors on the device,
+augmented there) or runner.training.batches.StreamBatches (stream mode: a DataLoader).
 `fit` takes the TrainConfig and the seed, not the whole RunConfig, and returns the
 TrainState; an epoch callback that returns a reason (a string) ends training after
 that epoch, with `state.stop_reason` set.
@@ -14,7 +16,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional, Protocol as Interface
 
 import numpy as np
 import torch
@@ -76,6 +78,32 @@ class DeviceData:
         return cls(splits.train.images.to(device), splits.train.labels.to(device),
                    splits.test.images.to(device), val, extra)
 
+    def train_batches(self, parts: Parts, epoch: int, gen: torch.Generator) -> Iterator:
+        """(augmented float images, labels) on the device, one P×K batch of parts.sampler at a time."""
+        for idx in parts.sampler.batches(epoch):
+            # a plain host-to-GPU copy waits for the queued kernels: pinned + non_blocking does not
+            idx_t = to_device(torch.as_tensor(idx), self.images.device)
+            x = augment_batch(self.images[idx_t], parts.policy, gen)
+            if parts.device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, self.labels[idx_t]
+
+    def split_names(self) -> list[str]:
+        """The splits evaluate_epoch embeds, in order."""
+        return ["train", "test", *self.eval_images, *(["val"] if self.val_images is not None else [])]
+
+    def embed_split(self, model: torch.nn.Module, name: str, env: DistEnv) -> torch.Tensor:
+        images = {"train": self.images, "test": self.test_images, "val": self.val_images}.get(name)
+        return embed(model, self.eval_images[name] if images is None else images, env)
+
+
+class BatchSource(Interface):
+    """What the loop reads images from: DeviceData (memory) or runner.training.batches.StreamBatches."""
+
+    def train_batches(self, parts: Parts, epoch: int, gen: torch.Generator) -> Iterator: ...
+    def split_names(self) -> list[str]: ...
+    def embed_split(self, model: torch.nn.Module, name: str, env: DistEnv) -> torch.Tensor: ...
+
 
 EpochCallback = Callable[[TrainState], Optional[str]]
 """Called after every evaluated epoch; a returned string ends training with that reason."""
@@ -83,10 +111,14 @@ EpochCallback = Callable[[TrainState], Optional[str]]
 
 def fit(t: TrainConfig, seed: int, splits: Splits, parts: Parts, env: DistEnv,
         state: Optional[TrainState] = None, on_epoch_end: Optional[EpochCallback] = None,
-        progress: bool = False, protocol: Protocol = STRATIFIED) -> TrainState:
-    """Train from state.epoch to parts.epochs, evaluating (by protocol) and calling on_epoch_end each epoch."""
+        progress: bool = False, protocol: Protocol = STRATIFIED, source: Optional[BatchSource] = None) -> TrainState:
+    """Train from state.epoch to parts.epochs, evaluating (by protocol) and calling on_epoch_end each epoch.
+
+    source: where batches and evaluation images come from; None moves the splits' images to the
+    device (DeviceData, memory mode); runner.training.batches.StreamBatches streams them.
+    """
     state = state or TrainState()
-    data = DeviceData.of(splits, parts.device, protocol)
+    data = source if source is not None else DeviceData.of(splits, parts.device, protocol)
     if state.epoch == 0 and not state.epochs:
         record_epoch(parts, splits, data, env, state, t.save_every, 0.0, protocol)
         if on_epoch_end and _stopped(state, on_epoch_end(state)):
@@ -142,25 +174,19 @@ def train_step(parts: Parts, images: torch.Tensor, labels: torch.Tensor, grad_cl
             d_pos, d_neg, norm.mean(), to_device(torch.tensor(lr), emb.device)]
 
 
-def train_one_epoch(parts: Parts, data: DeviceData, epoch: int, state: TrainState, seed: int,
+def train_one_epoch(parts: Parts, data: BatchSource, epoch: int, state: TrainState, seed: int,
                     grad_clip: Optional[float], progress: bool = False) -> None:
     """Run epoch `epoch` (1-based) and append its step records to state.steps."""
     seed_everything(seed, epoch)
     gen = torch.Generator().manual_seed(seed * 100003 + epoch)
     parts.model.train()
-    batches = parts.sampler.batches(epoch)
     records = []
-    iterator = batches
+    iterator = data.train_batches(parts, epoch, gen)
     if progress:
-        iterator = tqdm(batches, desc=f"epoch {epoch}/{parts.epochs}", leave=False)
+        iterator = tqdm(iterator, total=len(parts.sampler), desc=f"epoch {epoch}/{parts.epochs}", leave=False)
     first_step = len(state.steps["step"])
-    for i, idx in enumerate(iterator):
-        # a plain host-to-GPU copy waits for the queued kernels: pinned + non_blocking does not
-        idx_t = to_device(torch.as_tensor(idx), data.images.device)
-        x = augment_batch(data.images[idx_t], parts.policy, gen)
-        if parts.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        rec = train_step(parts, x, data.labels[idx_t], grad_clip)
+    for i, (x, labels) in enumerate(iterator):
+        rec = train_step(parts, x, labels, grad_clip)
         # on CPU a finiteness check costs nothing; on GPU it waits for the end of the epoch
         if parts.device.type == "cpu" and not torch.isfinite(rec[0]):
             raise NonFiniteLoss(epoch, first_step + i, float(rec[0]))
@@ -182,28 +208,28 @@ def embed(model: torch.nn.Module, images: torch.Tensor, env: DistEnv, batch_size
     rows = torch.arange(env.rank, len(images), env.world_size, device=images.device)
     out = [model(images[rows[i:i + batch_size]]).float() for i in range(0, len(rows), batch_size)]
     local = torch.cat(out) if out else torch.zeros(0, 1, device=images.device)
+    return gather_rows(local, len(images), env)
+
+
+def gather_rows(local: torch.Tensor, n: int, env: DistEnv) -> torch.Tensor:
+    """All n rows on the host, from each rank's share (rows rank, rank + world_size, ...)."""
     if not env.distributed:
         return local.cpu()
-    size = (len(images) + env.world_size - 1) // env.world_size
+    size = (n + env.world_size - 1) // env.world_size
     padded = torch.zeros(size, local.shape[1], device=local.device)
     padded[:len(local)] = local
     parts = [torch.zeros_like(padded) for _ in range(env.world_size)]
     tdist.all_gather(parts, padded)
-    full = torch.zeros(len(images), local.shape[1])
+    full = torch.zeros(n, local.shape[1])
     for r, part in enumerate(parts):
-        n = len(range(r, len(images), env.world_size))
-        full[r::env.world_size] = part[:n].cpu()
+        full[r::env.world_size] = part[:len(range(r, n, env.world_size))].cpu()
     return full
 
 
-def evaluate_epoch(parts: Parts, splits: Splits, data: DeviceData, env: DistEnv,
+def evaluate_epoch(parts: Parts, splits: Splits, data: BatchSource, env: DistEnv,
                    protocol: Protocol = STRATIFIED) -> tuple[dict, dict]:
     """Test (and val_*) metrics by protocol, and the embeddings of protocol.stored_splits by split name."""
-    emb = {"train": embed(parts.model, data.images, env), "test": embed(parts.model, data.test_images, env)}
-    for name, images in data.eval_images.items():
-        emb[name] = embed(parts.model, images, env)
-    if data.val_images is not None:
-        emb["val"] = embed(parts.model, data.val_images, env)
+    emb = {name: data.embed_split(parts.model, name, env) for name in data.split_names()}
     bad = [name for name, e in emb.items() if not torch.isfinite(e).all()]
     if bad:
         raise NonFiniteEmbeddings(f"non-finite embeddings of {', '.join(bad)}")
@@ -211,7 +237,7 @@ def evaluate_epoch(parts: Parts, splits: Splits, data: DeviceData, env: DistEnv,
     return metrics, {name: emb[name] for name in protocol.stored_splits}
 
 
-def record_epoch(parts: Parts, splits: Splits, data: DeviceData, env: DistEnv, state: TrainState,
+def record_epoch(parts: Parts, splits: Splits, data: BatchSource, env: DistEnv, state: TrainState,
                  save_every: int, train_s: float, protocol: Protocol = STRATIFIED) -> None:
     """Evaluate, append the epoch's row to state.epochs and keep the embeddings to store."""
     t0 = time.perf_counter()

@@ -85,7 +85,14 @@ def build_trunk(cfg: ModelConfig, in_channels: int, image_size: int) -> tuple[nn
         load_local_weights(trunk, cfg.pretrained)
     if cfg.freeze_trunk:
         trunk.requires_grad_(False)
+    if cfg.freeze_bn:
+        for m in batch_norms(trunk):
+            m.requires_grad_(False)
     return trunk, out
+
+
+def batch_norms(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm))]
 
 
 # ---------------------------------------------------------------- checks before anything trains
@@ -200,6 +207,8 @@ class EmbeddingNet(nn.Module):
     Images come in as uint8; scaling to [0,1] and per-channel standardisation happen
     here so that the stored statistics travel with the model.
     """
+    freeze_bn = False
+    """model.freeze_bn: the trunk's BatchNorms stay in eval mode while the rest trains."""
 
     def __init__(self, trunk: nn.Module, features: int, emb: EmbeddingConfig,
                  mean: torch.Tensor, std: torch.Tensor):
@@ -216,6 +225,9 @@ class EmbeddingNet(nn.Module):
         super().train(mode)
         if not any(p.requires_grad for p in self.trunk.parameters()):
             self.trunk.eval()
+        if self.freeze_bn:  # fixed BatchNorms keep their running statistics too
+            for m in batch_norms(self.trunk):
+                m.eval()
         return self
 
     def forward(self, x: torch.Tensor, return_norm: bool = False):
@@ -241,6 +253,7 @@ def build_model(cfg: ModelConfig, emb: EmbeddingConfig, in_channels: int, image_
                 mean: torch.Tensor, std: torch.Tensor) -> EmbeddingNet:
     trunk, features = build_trunk(cfg, in_channels, image_size)
     model = EmbeddingNet(trunk, features, emb, mean, std)
+    model.freeze_bn = cfg.freeze_bn
     nn.init.normal_(model.head.weight, std=1.0 / math.sqrt(features))
     nn.init.zeros_(model.head.bias)
     return model

@@ -17,6 +17,7 @@ from runner.config import EmbeddingConfig, LossConfig, MinerConfig, ModelConfig,
 from runner.data.augment import AugmentPolicy
 from runner.data.image_set import ImageSet
 from runner.data.samplers import PKSampler, RandomBatchSampler
+from runner.data.streaming import is_lazy, sample_stats
 from runner.dist import DistEnv
 from runner.losses import build_loss, build_miner
 from runner.training.models import build_model, channel_stats
@@ -45,13 +46,20 @@ def build_parts(model_cfg: ModelConfig, emb_cfg: EmbeddingConfig, loss_cfg: Loss
                 device: torch.device) -> Parts:
     """Model, loss, miner, optimiser and schedule, wrapped for DDP when world_size > 1."""
     torch.manual_seed(seed)  # identical initial weights on every rank
-    mean, std = channel_stats(train.images)
+    if is_lazy(train.images):  # stream mode: ImageNet's stats for a pretrained trunk, else a sample's
+        mean, std = sample_stats(train.images, pretrained=model_cfg.pretrained is not None, seed=seed)
+    else:
+        mean, std = channel_stats(train.images)
     model = build_model(model_cfg, emb_cfg, train.images.shape[1], train.images.shape[-1], mean, std).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(loss_cfg, num_classes=len(train.class_names), embedding_size=emb_cfg.dim).to(device)
     miner = build_miner(miner_cfg)
     params = [p for p in model.parameters() if p.requires_grad] + list(loss_fn.parameters())
+    if t.trunk_lr is not None:  # two parameter groups; the schedule scales both alike
+        trunk = [p for p in model.trunk.parameters() if p.requires_grad]
+        rest = [p for p in params if all(p is not q for q in trunk)]
+        params = [{"params": trunk, "lr": t.trunk_lr}, {"params": rest}]
     if env.distributed:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         loss_fn = pml_dist.DistributedLossWrapper(loss_fn)

@@ -41,6 +41,8 @@ class Protocol:
     val_gallery: Optional[str] = "train"
     """train (val queries against the training gallery) or val (leave-one-out within val)."""
     recall_at: tuple[int, ...] = evaluate.RECALL_AT
+    clustering: bool = True
+    """eval.clustering: NMI/AMI of k-means on the queries."""
 
     @property
     def stored_splits(self) -> tuple[str, ...]:
@@ -60,7 +62,8 @@ STRATIFIED = Protocol("stratified", "test", "train")
 """Test (and val) queries against the training gallery: the protocol of stratified splits."""
 
 
-def protocol_for(cfg: DataConfig, splits: Splits, recall_at: tuple[int, ...] = evaluate.RECALL_AT) -> Protocol:
+def protocol_for(cfg: DataConfig, splits: Splits, recall_at: tuple[int, ...] = evaluate.RECALL_AT,
+                 clustering: bool = True) -> Protocol:
     """The protocol of a data config's splits: query_gallery when the data define query and gallery
     sets, else as data.split says; a split named otherwise (e.g. a data set's official lists) is
     class_disjoint when none of its test classes is a training class, else stratified."""
@@ -72,7 +75,7 @@ def protocol_for(cfg: DataConfig, splits: Splits, recall_at: tuple[int, ...] = e
         name = "class_disjoint" if _disjoint(splits.test, splits.train) else "stratified"
     query, gallery = QUERY_GALLERY[name]
     val_gallery = None if splits.val is None else ("val" if _disjoint(splits.val, splits.train) else "train")
-    return Protocol(name, query, gallery, val_gallery, tuple(recall_at))
+    return Protocol(name, query, gallery, val_gallery, tuple(recall_at), clustering)
 
 
 def _disjoint(a: ImageSet, b: ImageSet) -> bool:
@@ -94,21 +97,23 @@ def same_image_columns(query_index: torch.Tensor, gallery_index: torch.Tensor) -
 
 
 def score(query: ImageSet, query_emb: torch.Tensor, gallery: Optional[ImageSet], gallery_emb: Optional[torch.Tensor],
-          recall_at: tuple[int, ...]) -> dict[str, float]:
+          recall_at: tuple[int, ...], clustering: bool = True) -> dict[str, float]:
     """Metrics of query against gallery; gallery None is leave-one-out within the queries."""
     if gallery is None:
-        return evaluate.compute_metrics(query_emb, query.labels, recall_at=recall_at, ncm_leave_out=True)
+        return evaluate.compute_metrics(query_emb, query.labels, recall_at=recall_at, ncm_leave_out=True,
+                                        clustering=clustering)
     exclude = same_image_columns(query.index, gallery.index)
     return evaluate.compute_metrics(query_emb, query.labels, gallery_emb, gallery.labels, recall_at=recall_at,
-                                    exclude=exclude, ncm_leave_out=exclude is not None)
+                                    exclude=exclude, ncm_leave_out=exclude is not None, clustering=clustering)
 
 
 def evaluate_splits(protocol: Protocol, splits: Splits, emb: dict[str, torch.Tensor]) -> dict[str, float]:
     """Test metrics, and val_* metrics when there is a val split, of the embeddings of each split (by name)."""
     def pair(query: str, gallery: str) -> dict[str, float]:
         if query == gallery:
-            return score(getattr(splits, query), emb[query], None, None, protocol.recall_at)
-        return score(getattr(splits, query), emb[query], getattr(splits, gallery), emb[gallery], protocol.recall_at)
+            return score(getattr(splits, query), emb[query], None, None, protocol.recall_at, protocol.clustering)
+        return score(getattr(splits, query), emb[query], getattr(splits, gallery), emb[gallery], protocol.recall_at,
+                     protocol.clustering)
 
     metrics = pair(protocol.query, protocol.gallery)
     if splits.val is not None and protocol.val_gallery:
