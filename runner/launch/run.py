@@ -43,7 +43,7 @@ STOPPED = "stopped"
 """A scheduler (ASHA) ended the run: run.h5 says `stopped` with `stopped_epoch`."""
 
 OnEpoch = Callable[[engine.TrainState], bool]
-"""Called after every epoch on every rank; True ends the run as `stopped`."""
+"""Called after every evaluated epoch (train.eval_every) on every rank; True ends the run as `stopped`."""
 
 
 @dataclass
@@ -202,18 +202,20 @@ def epoch_end(run: Run, parts: Parts, logger: Optional[TBLogger], lines: Optiona
 
     def on_epoch_end(state: engine.TrainState) -> Optional[str]:
         nonlocal logged, first_epoch
+        scored = engine.is_evaluated(state)  # train.eval_every: epochs without metrics only log steps
         if run.env.is_main:
             logger.log_steps(state.steps, logged)
             lr = state.steps["lr"][-1] if len(state.steps["lr"]) > logged else float("nan")
             if first_epoch is None:
                 first_epoch = state.epoch
-            lines.epoch({**state.epochs[-1], "lr": lr}, len(state.steps["step"]) - logged, first_epoch)
+            if scored:
+                lines.epoch({**state.epochs[-1], "lr": lr}, len(state.steps["step"]) - logged, first_epoch)
+                logger.log_epoch(state.epochs[-1])
             logged = len(state.steps["step"])
-            logger.log_epoch(state.epochs[-1])
             save_checkpoint(run.dir / "checkpoint.pt", state, parts, run.run_id)
-            if record_stopped and on_epoch:
+            if scored and record_stopped and on_epoch:
                 write_stopped(run, state)
-        if on_epoch and on_epoch(state):
+        if scored and on_epoch and on_epoch(state):
             return STOPPED
         if stop_at is not None and stop_at <= state.epoch < parts.epochs:
             return INTERRUPTED

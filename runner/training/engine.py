@@ -78,15 +78,17 @@ class DeviceData:
 
 
 EpochCallback = Callable[[TrainState], Optional[str]]
-"""Called after every evaluated epoch; a returned string ends training with that reason."""
+"""Called after every epoch (evaluated or not); a returned string ends training with that reason."""
 
 
 def fit(t: TrainConfig, seed: int, splits: Splits, parts: Parts, env: DistEnv,
         state: Optional[TrainState] = None, on_epoch_end: Optional[EpochCallback] = None,
         progress: bool = False, protocol: Protocol = STRATIFIED) -> TrainState:
-    """Train from state.epoch to parts.epochs, evaluating (by protocol) and calling on_epoch_end each epoch."""
+    """Train from state.epoch to parts.epochs, evaluating (by protocol) the epochs `evaluated` picks;
+    on_epoch_end is called after every epoch (`is_evaluated(state)` tells whether it has a new row)."""
     state = state or TrainState()
     data = DeviceData.of(splits, parts.device, protocol)
+    every = eval_interval(t, splits)
     if state.epoch == 0 and not state.epochs:
         record_epoch(parts, splits, data, env, state, t.save_every, 0.0, protocol)
         if on_epoch_end and _stopped(state, on_epoch_end(state)):
@@ -95,10 +97,36 @@ def fit(t: TrainConfig, seed: int, splits: Splits, parts: Parts, env: DistEnv,
         t0 = time.perf_counter()
         train_one_epoch(parts, data, epoch, state, seed, t.grad_clip, progress)
         state.epoch = epoch
-        record_epoch(parts, splits, data, env, state, t.save_every, time.perf_counter() - t0, protocol)
+        train_s = time.perf_counter() - t0
+        if evaluated(epoch, parts.epochs, t.save_every, every):
+            record_epoch(parts, splits, data, env, state, t.save_every, train_s, protocol)
+        else:
+            state.elapsed_s += train_s
         if on_epoch_end and _stopped(state, on_epoch_end(state)):
             return state
     return state
+
+
+AUTO_EVAL_MAX_IMAGES = 20_000
+"""train.eval_every: 0 evaluates every epoch up to this many images in the splits, else the stored epochs."""
+
+
+def eval_interval(t: TrainConfig, splits: Splits) -> int:
+    """train.eval_every, with 0 (auto) resolved by the size of the splits."""
+    if t.eval_every:
+        return t.eval_every
+    n = sum(len(s) for s in (splits.train, splits.test, splits.val) if s is not None)  # test holds query + gallery
+    return 1 if n <= AUTO_EVAL_MAX_IMAGES else t.save_every
+
+
+def evaluated(epoch: int, last: int, save_every: int, eval_every: int) -> bool:
+    """Epoch 0, the last epoch, the stored epochs (save_every) and every eval_every-th epoch."""
+    return epoch in (0, last) or epoch % save_every == 0 or epoch % eval_every == 0
+
+
+def is_evaluated(state: TrainState) -> bool:
+    """Whether the epoch just completed has its row in state.epochs (metrics to report)."""
+    return bool(state.epochs) and state.epochs[-1]["epoch"] == state.epoch
 
 
 def _stopped(state: TrainState, reason: Optional[str]) -> bool:
