@@ -1,11 +1,11 @@
 """Share of a run's wall time spent evaluating, on a generated 70,000-image set: every epoch vs train.eval_every.
 
-    python benchmarks/eval_share.py [--n 70000 --epochs 10 --eval-every 5 --threads 2]
+    python benchmarks/eval_share.py [--n 70000 --epochs 10 --eval-every 0 --threads 2]
 
 The set is Fashion-MNIST's size and shape (28×28 grey, 10 classes): each class a blurred
 random template plus per-image noise, packed once into an HDF5 file (`data: {name: h5}`).
 Both runs use the default spec with that data (one with train.eval_every: 1, today's way;
-one with the given eval_every) and the same seed, one after the other in this process; the
+one with the given eval_every, by default the auto setting) and the same seed, one after the other in this process; the
 share is sum(eval_s) / wall_time_s from each run.h5. The two runs train the same steps, so
 their final metrics and stored epochs must agree: the script checks that too.
 """
@@ -60,7 +60,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=70000)
     ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--eval-every", type=int, default=5, help="the setting compared with 1 (every epoch)")
+    ap.add_argument("--eval-every", type=int, default=0, help="the setting compared with 1 (every epoch); 0: auto")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:

@@ -138,6 +138,7 @@ def _train(run: Run, device: torch.device, progress: bool, stop_after_epochs: Op
         t0 = time.perf_counter()
         state = engine.fit(run.cfg.train, run.cfg.seed, run.splits, parts, run.env, state, callback, progress,
                            run.protocol)
+        note_compile(run, state)
         if state.stop_reason == INTERRUPTED:
             return run.summary(INTERRUPTED, epoch=state.epoch)
         if state.stop_reason == STOPPED:
@@ -155,6 +156,14 @@ def _train(run: Run, device: torch.device, progress: bool, stop_after_epochs: Op
                 closing.close()
 
 
+def note_compile(run: Run, state: engine.TrainState) -> None:
+    """train.compile: the first step's time (compilation included) into run.h5 and, once, the log."""
+    if state.compile_s is not None:
+        run.attrs["compile_s"] = state.compile_s
+        if run.env.is_main:
+            print(f"run {run.run_id}: torch.compile took {state.compile_s:.1f} s (its first step)", flush=True)
+
+
 def setup(run: Run, device: torch.device) -> tuple[Parts, engine.TrainState]:
     """Threads and determinism; the data (run.splits); the parts on `device`; the checkpoint's state."""
     t = run.cfg.train
@@ -165,6 +174,7 @@ def setup(run: Run, device: torch.device) -> tuple[Parts, engine.TrainState]:
     run.splits, policy = prepare_data(run.cfg.data)
     run.protocol = protocol_for(run.cfg.data, run.splits, run.cfg.eval.recall_at)
     parts = build_run_parts(run.cfg, run.splits, policy, run.env, device)
+    run.attrs["memory_format"] = "channels_last" if parts.channels_last else "contiguous"
     ckpt = run.dir / "checkpoint.pt"
     state = load_checkpoint(ckpt, parts, run.run_id) or engine.TrainState()
     if state.epoch and run.env.is_main:

@@ -56,6 +56,8 @@ class TrainState:
     elapsed_s: float = 0.0
     stop_reason: Optional[str] = None
     """Set when an epoch callback ended training early (not checkpointed)."""
+    compile_s: Optional[float] = None
+    """Duration of the first step of a torch.compile'd model in this process (compilation included)."""
 
 
 @dataclass(frozen=True)
@@ -186,9 +188,14 @@ def train_one_epoch(parts: Parts, data: DeviceData, epoch: int, state: TrainStat
         # a plain host-to-GPU copy waits for the queued kernels: pinned + non_blocking does not
         idx_t = to_device(torch.as_tensor(idx), data.images.device)
         x = augment_batch(data.images[idx_t], parts.policy, gen)
-        if parts.device.type == "cuda":
+        if parts.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        rec = train_step(parts, x, data.labels[idx_t], grad_clip)
+        if parts.compiled and state.compile_s is None:  # this step compiles the model: time it once
+            t0 = time.perf_counter()
+            rec = train_step(parts, x, data.labels[idx_t], grad_clip)
+            state.compile_s = time.perf_counter() - t0
+        else:
+            rec = train_step(parts, x, data.labels[idx_t], grad_clip)
         # on CPU a finiteness check costs nothing; on GPU it waits for the end of the epoch
         if parts.device.type == "cpu" and not torch.isfinite(rec[0]):
             raise NonFiniteLoss(epoch, first_step + i, float(rec[0]))
