@@ -6,7 +6,10 @@ import subprocess
 import pytest
 
 from tests.conftest import ROOT
-from tests.test_slurm import assert_all_completed, make_spec, sbatch, slurm_env, wait_job  # noqa: F401 (fixture)
+from tests import test_slurm
+from tests.test_slurm import assert_all_completed, make_spec, sbatch, wait_job
+
+slurm_env = test_slurm.slurm_env  # the fixture: SLURM_*/GRID_* of the calling shell removed
 
 pytestmark = [pytest.mark.slurm,
               pytest.mark.skipif(shutil.which("sinfo") is None, reason="SLURM is not installed (no sinfo)")]
