@@ -55,20 +55,20 @@ LOSSES = {
 }
 
 
-def make_config(loss: str, epochs: int, augment: str, batch_size: int, width: int) -> RunConfig:
+def make_config(loss: str, epochs: int, augment: str, batch_size: int, width: int,
+                channels_last: bool | None = None) -> RunConfig:
     return resolve({**LOSSES[loss], "data": {"augment": augment}, "model": {"width": width},
-                    "train": {"epochs": epochs, "batch_size": batch_size, "device": "cpu"}})
+                    "train": {"epochs": epochs, "batch_size": batch_size, "device": "cpu",
+                              "channels_last": channels_last}})
 
 
-def time_runner(cfg: RunConfig, splits, out: Path, channels_last: bool = False) -> tuple[float, int]:
+def time_runner(cfg: RunConfig, splits, out: Path) -> tuple[float, int]:
     """Seconds and steps of cfg.train.epochs epochs of engine.train_one_epoch + step logging + checkpoint."""
     from runner.training.checkpoint import save_checkpoint
     from runner.launch.tb_logger import TBLogger
     env = dist.DistEnv()
     policy = policy_for(cfg.data, splits.train.meta.get("family", "folder"))
     parts = build_run_parts(cfg, splits, policy, env, torch.device("cpu"))
-    if channels_last:  # a candidate, not the runner's CPU default: convs then round differently (~1e-6)
-        parts.model.to(memory_format=torch.channels_last)
     state, logger, logged = engine.TrainState(), TBLogger(out / "tb"), 0
     t0 = time.perf_counter()
     for epoch in range(1, cfg.train.epochs + 1):
@@ -106,8 +106,9 @@ def measure(args) -> dict[str, list[dict]]:
             sides = {"runner": lambda: time_runner(plain, splits, Path(tmp)),
                      "bare": lambda: time_bare(plain, splits, loss),
                      "runner+aug": lambda: time_runner(aug, splits, Path(tmp))}
-            if args.channels_last:
-                sides["runner+cl"] = lambda: time_runner(plain, splits, Path(tmp), channels_last=True)
+            if args.contiguous:  # the runner with train.channels_last: false (the layout of the bare loop)
+                contiguous = make_config(loss, args.epochs, "none", args.batch_size, args.width, channels_last=False)
+                sides["runner-cl"] = lambda: time_runner(contiguous, splits, Path(tmp))
             warm = make_config(loss, 1, "light", args.batch_size, args.width)
             time_runner(warm, splits, Path(tmp)), time_bare(warm, splits, loss)  # warm-up: allocator, kernels
             rows = []
@@ -133,8 +134,8 @@ def summarise(results: dict[str, list[dict]]) -> dict[str, dict]:
             "ratio": statistics.median(r["runner"] / r["bare"] for r in rows),
             "ratio_aug": statistics.median(r["runner+aug"] / r["bare"] for r in rows),
         }
-        if "runner+cl" in rows[0]:
-            out[loss]["ratio_cl"] = statistics.median(r["runner+cl"] / r["bare"] for r in rows)
+        if "runner-cl" in rows[0]:
+            out[loss]["ratio_cl"] = statistics.median(r["runner-cl"] / r["bare"] for r in rows)
     return out
 
 
@@ -197,8 +198,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads for both sides")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--width", type=int, default=32, help="small_cnn width (the runner's default is 32)")
-    p.add_argument("--channels-last", action="store_true",
-                   help="also time the runner with a channels_last model on CPU (row runner+cl)")
+    p.add_argument("--contiguous", action="store_true",
+                   help="also time the runner with train.channels_last: false (row runner-cl)")
     p.add_argument("--profile", action="store_true",
                    help="instead: cProfile of runner.launch.run.run_one on the default digits run (--epochs epochs)")
     p.add_argument("--quick", action="store_true", help="1 epoch, 1 repeat, width 8, batch 32: code path only")
@@ -213,7 +214,7 @@ def main(argv=None) -> int:
         return profile_run(args.epochs)
     summary = summarise(measure(args))
     print(f"{'loss':<12}{'bare /s':>10}{'runner /s':>11}{'runner/bare':>13}{'runner+aug/bare':>17}"
-          + (f"{'runner+cl/bare':>16}" if args.channels_last else ""))
+          + (f"{'runner-cl/bare':>16}" if args.contiguous else ""))
     for loss, s in summary.items():
         print(f"{loss:<12}{s['bare_per_s']:>10.0f}{s['runner_per_s']:>11.0f}{s['ratio']:>12.2f}x{s['ratio_aug']:>16.2f}x"
               + (f"{s['ratio_cl']:>15.2f}x" if "ratio_cl" in s else ""))

@@ -47,7 +47,10 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--signal-delay-s", type=int, default=90, help="USR2 this long before the time limit")
     p.add_argument("--setup", action="append", default=[], help="shell line run before each task (module load ...)")
     p.add_argument("--name", default="dml-grid")
-    p.add_argument("--runs-per-task", type=int, default=1, help="runs one array task trains one after another")
+    p.add_argument("--runs-per-task", type=int, default=0,
+                   help="runs one array task trains (default 1, or --runs-per-gpu)")
+    p.add_argument("--runs-per-gpu", type=int, default=1,
+                   help="runs an array task trains at once, in as many processes sharing its GPU and CPUs")
     p.add_argument("--max-array-size", type=int, default=0,
                    help="tasks per array (0: MaxArraySize of scontrol show config)")
     p.add_argument("--time-factor", type=float, default=2.0, help="--timeout-min x this for runs that timed out")
@@ -57,6 +60,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p.add_argument("--wait", action="store_true", help="wait for the jobs and print each run's status")
     args = p.parse_args(argv)
     tasks = tasks_per_run(args)
+    if args.runs_per_gpu < 1 or (args.runs_per_gpu > 1 and tasks > 1):
+        p.error(f"--runs-per-gpu: got {args.runs_per_gpu}, expected a positive integer (1 with {tasks} tasks per run)")
+    args.runs_per_task = args.runs_per_task or args.runs_per_gpu
     if args.nodes_per_run < 1 or tasks % args.nodes_per_run or (args.gpus_per_run % args.nodes_per_run):
         p.error(f"--nodes-per-run: got {args.nodes_per_run}, expected a positive divisor of the run's "
                 f"{tasks} task(s) and {args.gpus_per_run} GPU(s)")
@@ -112,7 +118,7 @@ def submit_classes(args: argparse.Namespace, executor, runs: list, todo: list[in
             print(f"{len(indices)} run(s) {why}")
         group = run_groups([runs[i].to_dict() for i in indices], executor.cluster, args.max_parallel,
                            max(1, args.runs_per_task))
-        jobs += submit_runs(executor, group, args.out, args.retry_failed, max_size)
+        jobs += submit_runs(executor, group, args.out, args.retry_failed, max_size, args.runs_per_gpu)
         groups += group
     return jobs, groups
 

@@ -19,11 +19,17 @@
 # runs the pending runs inside this one allocation as `srun --exact -n GRID_TASKS_PER_RUN`
 # steps, as many at once as the allocation holds.
 #
+# Several runs per GPU (either mode): GRID_RUNS_PER_GPU=K makes each step (array task, or
+# packed srun step) train K runs at once in K processes (runner.grid --jobs K) that share the
+# step's GPU and split its CPUs; for runs too small to fill a GPU. Needs GRID_TASKS_PER_RUN=1.
+#
 # Environment knobs (export them, or pass sbatch --export=ALL,NAME=value):
 #   PYTHON                python with the runner installed (default: python; e.g. .venv/bin/python)
 #   GRID_MODE             array (default) or packed
 #   GRID_MAX_PARALLEL     array throttle, the %N of --array (default 16), per array
-#   GRID_RUNS_PER_TASK    runs one array task trains one after another (default 1; e.g. 10 for 2-minute runs)
+#   GRID_RUNS_PER_TASK    runs one array task trains one after another (default 1, or GRID_RUNS_PER_GPU;
+#                         e.g. 10 for 2-minute runs)
+#   GRID_RUNS_PER_GPU     runs trained at once in one step, sharing its GPU and CPUs (default 1)
 #   GRID_MAX_ARRAY_SIZE   tasks per array (default: the cluster's MaxArraySize)
 #   GRID_MAX_SUBMIT_JOBS  jobs (array tasks) you may have queued at once (default: MaxSubmitJobs of sacctmgr,
 #                         and MaxJobCount); more runs than fit beside your queued jobs -> more runs per task
@@ -76,7 +82,8 @@ if [[ -n "${GRID_MANIFEST:-}" && -n "${SLURM_ARRAY_TASK_ID:-}" ]]; then
   echo "array task ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} (task $TASK of $GRID_MANIFEST) on $(hostname)," \
        "restart ${SLURM_RESTART_COUNT:-0}"
   requeue_on_usr2 "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
-  srun --kill-on-bad-exit=1 "$PY" -u -m runner.grid --manifest "$GRID_MANIFEST" --task "$TASK" &
+  srun --kill-on-bad-exit=1 "$PY" -u -m runner.grid --manifest "$GRID_MANIFEST" --task "$TASK" \
+    --jobs "${GRID_RUNS_PER_GPU:-1}" &
   STEP=$!
   until wait "$STEP"; do   # wait returns early (>128) when a trapped signal arrives
     rc=$?
@@ -102,7 +109,16 @@ STAMP=$(date +%Y%m%d-%H%M%S)-${SLURM_JOB_ID:-$$}
 MANIFEST=$OUT/manifests/$STAMP.json
 TPR=${GRID_TASKS_PER_RUN:-1}
 NPR=${GRID_NODES_PER_RUN:-1}
-PENDING_ARGS=(--plan-arrays --runs-per-task "${GRID_RUNS_PER_TASK:-1}" --max-array-size "${GRID_MAX_ARRAY_SIZE:-0}"
+RPG=${GRID_RUNS_PER_GPU:-1}
+if ! [[ $RPG =~ ^[1-9][0-9]*$ ]]; then
+  echo "GRID_RUNS_PER_GPU: got $RPG, expected a positive integer" >&2
+  exit 2
+fi
+if (( RPG > 1 && TPR > 1 )); then
+  echo "GRID_RUNS_PER_GPU: got $RPG, expected 1 with GRID_TASKS_PER_RUN=$TPR (a DDP run has its GPUs to itself)" >&2
+  exit 2
+fi
+PENDING_ARGS=(--plan-arrays --runs-per-task "${GRID_RUNS_PER_TASK:-$RPG}" --max-array-size "${GRID_MAX_ARRAY_SIZE:-0}"
               --max-submit-jobs "${GRID_MAX_SUBMIT_JOBS:-0}"
               --time-factor "${GRID_TIME_FACTOR:-2}" --mem-factor "${GRID_MEM_FACTOR:-2}"
               --max-attempts "${GRID_MAX_ATTEMPTS:-5}" --tasks-per-run "$TPR")
@@ -140,7 +156,8 @@ if [[ $MODE == array ]]; then
     read -r -a MORE_ARGS <<< "$MORE"
     if ! JOB=$(sbatch --parsable --array="$RANGE" --nodes="$NPR" --ntasks="$TPR" "${GPU_ARGS[@]}" "${EXTRA[@]}" \
                "${MORE_ARGS[@]}" --job-name="dml-$(basename "$1" .yaml)" --output="$OUT/logs/%A_%a.out" --open-mode=append \
-               --export=ALL,GRID_MANIFEST="$MANIFEST",GRID_TASK_OFFSET="$OFFSET",PYTHON="$PY" "$SELF"); then
+               --export=ALL,GRID_MANIFEST="$MANIFEST",GRID_TASK_OFFSET="$OFFSET",GRID_RUNS_PER_GPU="$RPG",PYTHON="$PY" \
+               "$SELF"); then
       (( ${#SUBMITTED[@]} )) && record   # what was queued before the refusal is still recorded
       echo "sbatch refused the array at offset $OFFSET; ${#SUBMITTED[@]} array(s) were submitted" >&2
       exit 1
@@ -161,27 +178,34 @@ if [[ -z "${SLURM_JOB_ID:-}" ]]; then
   echo "packed mode runs inside an allocation: GRID_MODE=packed sbatch -n N slurm/grid.sh ..." >&2
   exit 2
 fi
-# packed: srun steps of TPR tasks, as many at once as the allocation's tasks allow
+# packed: srun steps of TPR tasks, as many at once as the allocation's tasks allow; each step
+# trains RPG runs (GRID_RUNS_PER_GPU) at once on its GPU
 SLOTS=$(( ${SLURM_NTASKS:-1} / TPR ))
 (( SLOTS >= 1 )) || { echo "allocation has ${SLURM_NTASKS:-1} tasks, a run needs $TPR" >&2; exit 2; }
 requeue_on_usr2 "$SLURM_JOB_ID"   # the requeued job writes a new manifest and resumes what is left
 IFS=, read -r -a INDICES <<< "$TODO"
 "$PY" -m runner.grid --manifest "$MANIFEST" --record-submission "$SLURM_JOB_ID=$TODO" --command "$COMMAND" --kind packed
-echo "packed: ${#INDICES[@]} runs, $SLOTS at a time, $TPR task(s) each ($MANIFEST)"
+echo "packed: ${#INDICES[@]} runs, $SLOTS step(s) at a time, $TPR task(s) each, $RPG run(s) per step ($MANIFEST)"
 FAILED=0
 running=0
-for idx in "${INDICES[@]}"; do
+STEPS=0
+for ((first = 0; first < ${#INDICES[@]}; first += RPG)); do
   if (( running >= SLOTS )); then
     wait -n || FAILED=$((FAILED + 1))
     running=$((running - 1))
   fi
-  srun --exact -N "$NPR" -n "$TPR" --kill-on-bad-exit=1 --output="$OUT/logs/${SLURM_JOB_ID}-run${idx}.out" --open-mode=append \
-    "$PY" -u -m runner.grid --manifest "$MANIFEST" --run-index "$idx" &
+  GROUP=("${INDICES[@]:first:RPG}")
+  RUN_ARGS=()
+  for idx in "${GROUP[@]}"; do RUN_ARGS+=(--run-index "$idx"); done
+  NAME=$(IFS=-; echo "${GROUP[*]}")   # one run: <job>-run3.out; several: <job>-run3-4-5.out
+  srun --exact -N "$NPR" -n "$TPR" --kill-on-bad-exit=1 --output="$OUT/logs/${SLURM_JOB_ID}-run${NAME}.out" --open-mode=append \
+    "$PY" -u -m runner.grid --manifest "$MANIFEST" "${RUN_ARGS[@]}" --jobs "${#GROUP[@]}" &
   running=$((running + 1))
+  STEPS=$((STEPS + 1))
 done
 while (( running > 0 )); do
   wait -n || FAILED=$((FAILED + 1))
   running=$((running - 1))
 done
-echo "packed: done, $FAILED of ${#INDICES[@]} steps failed"
+echo "packed: done, $FAILED of $STEPS steps failed"
 [[ $FAILED -eq 0 ]]

@@ -1,5 +1,5 @@
 """Smoke tests of benchmarks/train_speed.py and benchmarks/packing.py (code paths at tiny size),
-and of the GPU fast-path switches on CPU (AMP and channels_last are no-ops there)."""
+and of the fast-path switches on CPU (AMP is a no-op there, channels_last can be turned off)."""
 
 import importlib.util
 import subprocess
@@ -25,7 +25,7 @@ def load_bench(name: str):
 
 def test_train_speed_quick_prints_ratios(capsys):
     bench = load_bench("train_speed")
-    assert bench.main(["--quick", "--repeats", "1", "--channels-last"]) == 0
+    assert bench.main(["--quick", "--repeats", "1", "--contiguous"]) == 0
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.startswith(("triplet ", "contrastive "))]
     assert [r[0] for r in rows] == ["triplet", "contrastive"]
@@ -81,9 +81,9 @@ def test_amp_on_cpu_is_a_noop():
     assert all(torch.equal(on["weights"][k], off["weights"][k]) for k in off["weights"])
 
 
-def test_cpu_parts_stay_contiguous():
-    """channels_last is applied on CUDA only: CPU weights keep the default layout (results unchanged)."""
-    cfg = resolve(tiny_layer(device="cpu"))
+def test_cpu_parts_stay_contiguous_with_channels_last_off():
+    """train.channels_last: false keeps the default layout on CPU (the auto default is channels_last)."""
+    cfg = resolve(tiny_layer(device="cpu", channels_last=False))
     splits = split_dataset(load_dataset(cfg.data), cfg.data)
     parts = build_run_parts(cfg, splits, policy_for(cfg.data, "digits"), dist.DistEnv(), torch.device("cpu"))
     convs = [m for m in parts.model.modules() if isinstance(m, torch.nn.Conv2d)]

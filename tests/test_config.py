@@ -28,7 +28,7 @@ def test_run_id_is_stable_and_sensitive():
 
 def test_eval_section_keeps_ids_and_round_trips():
     default = resolve()
-    assert default.eval.recall_at == (1, 2, 4, 8) and default.to_dict()["eval"] == {"recall_at": [1, 2, 4, 8]}
+    assert default.eval.recall_at == (1, 2, 4, 8) and default.to_dict()["eval"] == {"recall_at": [1, 2, 4, 8], "clustering": True}
     # a field added with a default leaves the ids alone: the default run's id before the eval section
     assert run_id(default) == "fa936ad5e8c7" == run_id(resolve(parse_set(["eval.recall_at=[1, 2, 4, 8]"])))
     other = resolve(parse_set(["eval.recall_at=[1, 10]"]))

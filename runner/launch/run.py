@@ -45,7 +45,7 @@ STOPPED = "stopped"
 """A scheduler (ASHA) ended the run: run.h5 says `stopped` with `stopped_epoch`."""
 
 OnEpoch = Callable[[engine.TrainState], bool]
-"""Called after every epoch on every rank; True ends the run as `stopped`."""
+"""Called after every evaluated epoch (train.eval_every) on every rank; True ends the run as `stopped`."""
 
 
 @dataclass
@@ -141,6 +141,7 @@ def _train(run: Run, device: torch.device, progress: bool, stop_after_epochs: Op
         state = engine.fit(run.cfg.train, run.cfg.seed, run.splits, parts, run.env, state, callback, progress,
                            run.protocol, stream_source(run.splits, parts, run.cfg.seed, run.cfg.data.num_workers,
                                                         run.protocol))
+        note_compile(run, state)
         if state.stop_reason == INTERRUPTED:
             return run.summary(INTERRUPTED, epoch=state.epoch)
         if state.stop_reason == STOPPED:
@@ -158,6 +159,14 @@ def _train(run: Run, device: torch.device, progress: bool, stop_after_epochs: Op
                 closing.close()
 
 
+def note_compile(run: Run, state: engine.TrainState) -> None:
+    """train.compile: the first step's time (compilation included) into run.h5 and, once, the log."""
+    if state.compile_s is not None:
+        run.attrs["compile_s"] = state.compile_s
+        if run.env.is_main:
+            print(f"run {run.run_id}: torch.compile took {state.compile_s:.1f} s (its first step)", flush=True)
+
+
 def setup(run: Run, device: torch.device) -> tuple[Parts, engine.TrainState]:
     """Threads and determinism; the data (run.splits); the parts on `device`; the checkpoint's state."""
     t = run.cfg.train
@@ -170,6 +179,7 @@ def setup(run: Run, device: torch.device) -> tuple[Parts, engine.TrainState]:
         print(f"run {run.run_id}: {run.splits.train.meta.get('storage_reason')}", flush=True)
     run.protocol = protocol_for(run.cfg.data, run.splits, run.cfg.eval.recall_at, run.cfg.eval.clustering)
     parts = build_run_parts(run.cfg, run.splits, policy, run.env, device)
+    run.attrs["memory_format"] = "channels_last" if parts.channels_last else "contiguous"
     ckpt = run.dir / "checkpoint.pt"
     state = load_checkpoint(ckpt, parts, run.run_id) or engine.TrainState()
     if state.epoch and run.env.is_main:
@@ -207,18 +217,20 @@ def epoch_end(run: Run, parts: Parts, logger: Optional[TBLogger], lines: Optiona
 
     def on_epoch_end(state: engine.TrainState) -> Optional[str]:
         nonlocal logged, first_epoch
+        scored = engine.is_evaluated(state)  # train.eval_every: epochs without metrics only log steps
         if run.env.is_main:
             logger.log_steps(state.steps, logged)
             lr = state.steps["lr"][-1] if len(state.steps["lr"]) > logged else float("nan")
             if first_epoch is None:
                 first_epoch = state.epoch
-            lines.epoch({**state.epochs[-1], "lr": lr}, len(state.steps["step"]) - logged, first_epoch)
+            if scored:
+                lines.epoch({**state.epochs[-1], "lr": lr}, len(state.steps["step"]) - logged, first_epoch)
+                logger.log_epoch(state.epochs[-1])
             logged = len(state.steps["step"])
-            logger.log_epoch(state.epochs[-1])
             save_checkpoint(run.dir / "checkpoint.pt", state, parts, run.run_id)
-            if record_stopped and on_epoch:
+            if scored and record_stopped and on_epoch:
                 write_stopped(run, state)
-        if on_epoch and on_epoch(state):
+        if scored and on_epoch and on_epoch(state):
             return STOPPED
         if stop_at is not None and stop_at <= state.epoch < parts.epochs:
             return INTERRUPTED

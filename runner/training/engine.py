@@ -58,6 +58,8 @@ class TrainState:
     elapsed_s: float = 0.0
     stop_reason: Optional[str] = None
     """Set when an epoch callback ended training early (not checkpointed)."""
+    compile_s: Optional[float] = None
+    """Duration of the first step of a torch.compile'd model in this process (compilation included)."""
 
 
 @dataclass(frozen=True)
@@ -83,10 +85,7 @@ class DeviceData:
         for idx in parts.sampler.batches(epoch):
             # a plain host-to-GPU copy waits for the queued kernels: pinned + non_blocking does not
             idx_t = to_device(torch.as_tensor(idx), self.images.device)
-            x = augment_batch(self.images[idx_t], parts.policy, gen)
-            if parts.device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, self.labels[idx_t]
+            yield augment_batch(self.images[idx_t], parts.policy, gen), self.labels[idx_t]
 
     def split_names(self) -> list[str]:
         """The splits evaluate_epoch embeds, in order."""
@@ -106,19 +105,21 @@ class BatchSource(Interface):
 
 
 EpochCallback = Callable[[TrainState], Optional[str]]
-"""Called after every evaluated epoch; a returned string ends training with that reason."""
+"""Called after every epoch (evaluated or not); a returned string ends training with that reason."""
 
 
 def fit(t: TrainConfig, seed: int, splits: Splits, parts: Parts, env: DistEnv,
         state: Optional[TrainState] = None, on_epoch_end: Optional[EpochCallback] = None,
         progress: bool = False, protocol: Protocol = STRATIFIED, source: Optional[BatchSource] = None) -> TrainState:
-    """Train from state.epoch to parts.epochs, evaluating (by protocol) and calling on_epoch_end each epoch.
+    """Train from state.epoch to parts.epochs, evaluating (by protocol) the epochs `evaluated` picks;
+    on_epoch_end is called after every epoch (`is_evaluated(state)` tells whether it has a new row).
 
     source: where batches and evaluation images come from; None moves the splits' images to the
     device (DeviceData, memory mode); runner.training.batches.StreamBatches streams them.
     """
     state = state or TrainState()
     data = source if source is not None else DeviceData.of(splits, parts.device, protocol)
+    every = eval_interval(t, splits)
     if state.epoch == 0 and not state.epochs:
         record_epoch(parts, splits, data, env, state, t.save_every, 0.0, protocol)
         if on_epoch_end and _stopped(state, on_epoch_end(state)):
@@ -127,10 +128,36 @@ def fit(t: TrainConfig, seed: int, splits: Splits, parts: Parts, env: DistEnv,
         t0 = time.perf_counter()
         train_one_epoch(parts, data, epoch, state, seed, t.grad_clip, progress)
         state.epoch = epoch
-        record_epoch(parts, splits, data, env, state, t.save_every, time.perf_counter() - t0, protocol)
+        train_s = time.perf_counter() - t0
+        if evaluated(epoch, parts.epochs, t.save_every, every):
+            record_epoch(parts, splits, data, env, state, t.save_every, train_s, protocol)
+        else:
+            state.elapsed_s += train_s
         if on_epoch_end and _stopped(state, on_epoch_end(state)):
             return state
     return state
+
+
+AUTO_EVAL_MAX_IMAGES = 20_000
+"""train.eval_every: 0 evaluates every epoch up to this many images in the splits, else the stored epochs."""
+
+
+def eval_interval(t: TrainConfig, splits: Splits) -> int:
+    """train.eval_every, with 0 (auto) resolved by the size of the splits."""
+    if t.eval_every:
+        return t.eval_every
+    n = sum(len(s) for s in (splits.train, splits.test, splits.val) if s is not None)  # test holds query + gallery
+    return 1 if n <= AUTO_EVAL_MAX_IMAGES else t.save_every
+
+
+def evaluated(epoch: int, last: int, save_every: int, eval_every: int) -> bool:
+    """Epoch 0, the last epoch, the stored epochs (save_every) and every eval_every-th epoch."""
+    return epoch in (0, last) or epoch % save_every == 0 or epoch % eval_every == 0
+
+
+def is_evaluated(state: TrainState) -> bool:
+    """Whether the epoch just completed has its row in state.epochs (metrics to report)."""
+    return bool(state.epochs) and state.epochs[-1]["epoch"] == state.epoch
 
 
 def _stopped(state: TrainState, reason: Optional[str]) -> bool:
@@ -186,7 +213,14 @@ def train_one_epoch(parts: Parts, data: BatchSource, epoch: int, state: TrainSta
         iterator = tqdm(iterator, total=len(parts.sampler), desc=f"epoch {epoch}/{parts.epochs}", leave=False)
     first_step = len(state.steps["step"])
     for i, (x, labels) in enumerate(iterator):
-        rec = train_step(parts, x, labels, grad_clip)
+        if parts.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if parts.compiled and state.compile_s is None:  # this step compiles the model: time it once
+            t0 = time.perf_counter()
+            rec = train_step(parts, x, labels, grad_clip)
+            state.compile_s = time.perf_counter() - t0
+        else:
+            rec = train_step(parts, x, labels, grad_clip)
         # on CPU a finiteness check costs nothing; on GPU it waits for the end of the epoch
         if parts.device.type == "cpu" and not torch.isfinite(rec[0]):
             raise NonFiniteLoss(epoch, first_step + i, float(rec[0]))

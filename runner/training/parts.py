@@ -39,6 +39,10 @@ class Parts:
     """Ranks in the run: PML's DistributedLossWrapper returns the loss × world_size."""
     epochs: int = 1
     """Epochs this run trains: train.epochs, or more to reach train.min_steps."""
+    channels_last: bool = False
+    """Model and training batches in channels_last layout (train.channels_last resolved)."""
+    compiled: bool = False
+    """The model is torch.compile'd (train.compile): its first step compiles it."""
 
 
 def build_parts(model_cfg: ModelConfig, emb_cfg: EmbeddingConfig, loss_cfg: LossConfig, miner_cfg: MinerConfig,
@@ -51,8 +55,11 @@ def build_parts(model_cfg: ModelConfig, emb_cfg: EmbeddingConfig, loss_cfg: Loss
     else:
         mean, std = channel_stats(train.images)
     model = build_model(model_cfg, emb_cfg, train.images.shape[1], train.images.shape[-1], mean, std).to(device)
-    if device.type == "cuda":
+    channels_last = uses_channels_last(t, model_cfg)
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if t.compile:
+        model = torch.compile(model)
     loss_fn = build_loss(loss_cfg, num_classes=len(train.class_names), embedding_size=emb_cfg.dim).to(device)
     miner = build_miner(miner_cfg)
     params = [p for p in model.parameters() if p.requires_grad] + list(loss_fn.parameters())
@@ -70,7 +77,16 @@ def build_parts(model_cfg: ModelConfig, emb_cfg: EmbeddingConfig, loss_cfg: Loss
     scheduler = make_schedule(optimizer, t, epochs * len(sampler))
     amp = t.amp and device.type == "cuda"
     return Parts(model, loss_fn, miner, optimizer, scheduler, sampler, policy, device, amp,
-                 world_size=env.world_size, epochs=epochs)
+                 world_size=env.world_size, epochs=epochs, channels_last=channels_last, compiled=t.compile)
+
+
+CONV_BACKBONES = ("small_cnn", "resnet18", "resnet50", "vgg16")
+"""Backbones made of 2-d convolutions: channels_last speeds them up on CPU and CUDA alike."""
+
+
+def uses_channels_last(t: TrainConfig, model_cfg: ModelConfig) -> bool:
+    """train.channels_last, with None (auto) meaning on for the conv backbones."""
+    return model_cfg.backbone in CONV_BACKBONES if t.channels_last is None else t.channels_last
 
 
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
