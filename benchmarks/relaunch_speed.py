@@ -5,7 +5,7 @@
 A spec of --runs tiny digits runs (4 embedding dims x seeds); one completed run.h5 per run
 (tiny final embeddings, written without training) and RESULTS/index.sqlite, written once.
 Then the command as a user types it, in a fresh process, must print `nothing to do` (timed
-twice, with the catalog and after deleting it). Target (issue 17): under 10 s for 10,000 runs.
+twice, with the catalog and after deleting it). Target: under 10 s for 10,000 runs.
 Reference: `python -c "import runner.losses"`, the interpreter, torch and PML, which
 validating any spec needs, timed in the same run.
 """
@@ -13,7 +13,6 @@ validating any spec needs, timed in the same run.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from runner import store  # noqa: E402  (the checkout, not an installed copy)
 from runner.config import run_id  # noqa: E402
 from runner.spec import expand_grid, load_spec  # noqa: E402
 from runner.store import catalog  # noqa: E402
+from benchmarks.timing import timed  # noqa: E402
 
 DIMS = (8, 16, 32, 64)
 
@@ -57,14 +57,6 @@ def write_finished(out: Path, spec: Path) -> int:
     if written or not catalog.catalog_path(out).exists():
         catalog.rebuild(out)
     return written
-
-
-def timed(cmd: list[str]) -> tuple[float, str]:
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if p.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {p.returncode}: {p.stderr[-1500:]}")
-    return time.perf_counter() - t0, (p.stdout.strip().splitlines() or [""])[-1]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,27 +5,18 @@
 Writes --runs fake run.h5 files (tests/fake_runs.py: tiny arrays, every 20th failed) once,
 then times the command in a fresh process, as a user types it, twice: without
 RESULTS/index.sqlite (every run.h5 opened; status writes the catalog as it goes), and
-again with the catalog it left. Target (issue 17): under 3 s for 10,000 runs.
+again with the catalog it left. Target: under 3 s for 10,000 runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.fake_runs import write_fake_run  # noqa: E402  (the checkout, not an installed copy)
-
-
-def timed(cmd: list[str]) -> tuple[float, str]:
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
-    return time.perf_counter() - t0, (p.stdout.strip().splitlines() or [""])[-1]
+from benchmarks.timing import fake_results, timed  # noqa: E402  (the checkout, not an installed copy)
 
 
 def main() -> int:
@@ -33,15 +24,7 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=10000)
     p.add_argument("--dir", default="/tmp/status-bench")
     args = p.parse_args()
-    out = Path(args.dir) / f"runs{args.runs}"
-    have = len(list((out / "runs").glob("*/run.h5"))) if (out / "runs").is_dir() else 0
-    if have != args.runs:
-        t0 = time.perf_counter()
-        for i in range(have, args.runs):
-            write_fake_run(out, i, "failed" if i % 20 == 0 else "completed")
-        print(f"wrote {args.runs - have} run.h5 in {time.perf_counter() - t0:.0f} s")
-    for suffix in ("", "-wal", "-shm"):
-        (out / f"index.sqlite{suffix}").unlink(missing_ok=True)
+    out = fake_results(args.dir, args.runs)
     status = [sys.executable, "-m", "runner.status", str(out)]
     t_files, line = timed(status)
     print(f"runner.status, {args.runs} runs, no catalog (opens every run.h5): {t_files:.2f} s  ({line})")

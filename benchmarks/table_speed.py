@@ -6,28 +6,19 @@ The same fake runs as benchmarks/status_speed.py (tests/fake_runs.py: tiny array
 20th failed; the same directory, so one set of files serves both), written once. The
 command is timed in a fresh process, as a user types it: without RESULTS/index.sqlite
 (every run.h5 opened once to build it), then with the catalog it left (no HDF5 opened).
-Target (issue 17): under 5 s for 10,000 runs. Reference: `python -c "import analysis.table"`
+Target: under 5 s for 10,000 runs. Reference: `python -c "import analysis.table"`
 (the interpreter, pandas and scipy), timed in the same run.
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.fake_runs import write_fake_run  # noqa: E402  (the checkout, not an installed copy)
-
-
-def timed(cmd: list[str]) -> tuple[float, str]:
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
-    return time.perf_counter() - t0, (p.stdout.strip().splitlines() or [""])[-1]
+from benchmarks.timing import fake_results, timed  # noqa: E402  (the checkout, not an installed copy)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,15 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=10000)
     p.add_argument("--dir", default="/tmp/status-bench")
     args = p.parse_args(argv)
-    out = Path(args.dir) / f"runs{args.runs}"
-    have = len(list((out / "runs").glob("*/run.h5"))) if (out / "runs").is_dir() else 0
-    if have != args.runs:
-        t0 = time.perf_counter()
-        for i in range(have, args.runs):
-            write_fake_run(out, i, "failed" if i % 20 == 0 else "completed")
-        print(f"wrote {args.runs - have} run.h5 in {time.perf_counter() - t0:.0f} s")
-    for suffix in ("", "-wal", "-shm"):
-        (out / f"index.sqlite{suffix}").unlink(missing_ok=True)
+    out = fake_results(args.dir, args.runs)
     table = [sys.executable, "-m", "analysis.table", str(out), "--by", "loss.name,embedding.dim",
              "--metric", "map_at_r"]
     t_ref, _ = timed([sys.executable, "-c", "import analysis.table"])

@@ -168,7 +168,7 @@ def test_ungrouped_splits_are_those_of_before():
     """Index sets pinned from the code before official and grouped splits existed: same seeds, same splits.
 
     One change on purpose: a class-disjoint run's validation split now holds out whole training
-    classes (issue: unseen classes evaluated right), so its pin is of the new split, and its val
+    classes (unseen classes are evaluated on unseen classes), so its pin is of the new split, and its val
     classes are checked to be unseen in train."""
     import hashlib
     import json
