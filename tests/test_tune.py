@@ -71,13 +71,17 @@ def search_out(tmp_path_factory):
     """One small search: 4 trials, 3 epochs, ASHA grace 1, rf 2; reused by the tests below.
 
     `python -m runner.tune` as a user runs it, with its own Ray (before this module's in-process
-    one starts), so its whole output, the trials' included, can be read.
+    one starts), so its whole output, the trials' included, can be read. One trial at a time:
+    ASHA stops a trial whose metric at a rung is below the median of the trials that reached the
+    rung before it, so which trials stop depends on the order they arrive in; run one after
+    another, with the search's seeded sampler and seeded runs, the order and the outcome are the
+    same on every machine.
     """
     pytest.importorskip("ray")
     tmp = tmp_path_factory.mktemp("tune")
     spec = write_spec(tmp / "s.yaml")
     p = subprocess.run([PYTHON, "-m", "runner.tune", spec, "--num-samples", "4", "--out", str(tmp / "out"),
-                        "--max-concurrent", "4", "--num-cpus", "4"], cwd=tmp, env=make_subprocess_env(),
+                        "--max-concurrent", "1", "--num-cpus", "4"], cwd=tmp, env=make_subprocess_env(),
                        capture_output=True, text=True, timeout=540)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     return spec, tmp / "out", p.stdout + p.stderr
@@ -112,6 +116,9 @@ def test_asha_stops_some_trials_early_without_a_traceback(search_out):
     stopped = [r for r in rows if r["status"] == "stopped"]
     assert stopped and any(r["status"] == "completed" for r in rows)
     assert all(int(r["epochs"]) < 3 for r in stopped)
+    # --max-concurrent 1 held: no trial started before the one before it had ended
+    spans = sorted((a["start_time"], a["end_time"]) for a in (read_attrs(run_path(out, r["run_id"])) for r in rows))
+    assert all(end <= nxt for (_, end), (nxt, _) in zip(spans, spans[1:])), spans
     for noise in ("Traceback", "Exception ignored", "SystemExit"):
         assert noise not in output, output[max(0, output.find(noise) - 2000):output.find(noise) + 2000]
 

@@ -127,9 +127,11 @@ def build_tuner(name: str, base: dict, space: dict, s: TuneSettings, out: str, n
                          reduction_factor=s.reduction_factor)
     return tune.Tuner(
         trainable, param_space=param_space(space),
+        # the limit goes to the generator itself: Tune ignores max_concurrent_trials (with a warning)
+        # when search_alg is a BasicVariantGenerator rather than a Searcher
         tune_config=tune.TuneConfig(metric=s.metric, mode=s.mode, scheduler=asha, num_samples=num_samples,
-                                    max_concurrent_trials=max_concurrent,
-                                    search_alg=BasicVariantGenerator(random_state=s.seed)),
+                                    search_alg=BasicVariantGenerator(random_state=s.seed,
+                                                                     max_concurrent=max_concurrent or 0)),
         run_config=tune.RunConfig(name=name, storage_path=storage, verbose=1, callbacks=callbacks,
                                   failure_config=tune.FailureConfig(max_failures=0)))
 
