@@ -1,8 +1,8 @@
 """Caches of the report, one JSON file each: a value per run.h5, valid while the file is unchanged.
 
-A run.h5 is only ever replaced as a whole (written atomically), so its size and mtime (its
-stamp) change when a run is rerun; an entry whose stamp differs is computed again, and
-entries of files that are gone are dropped at the next write. Nothing here reads HDF5.
+An entry remembers the stamp of the run.h5 it was computed from (runner.store.file_stamp, the one the
+catalog compares too); an entry whose stamp differs is computed again, and entries of files that are
+gone are dropped at the next write. Nothing here reads HDF5.
 """
 
 from __future__ import annotations
@@ -13,13 +13,7 @@ from typing import Optional
 
 import numpy as np
 
-from runner.store import atomic_write
-
-
-def file_stamp(path: str | Path) -> str:
-    """Size and mtime (ns) of a file."""
-    st = Path(path).stat()
-    return f"{st.st_size}-{st.st_mtime_ns}"
+from runner.store import atomic_write, file_stamp
 
 
 def _json_scalar(value):

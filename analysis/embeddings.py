@@ -24,7 +24,7 @@ import numpy as np
 from sklearn.manifold import TSNE
 from threadpoolctl import threadpool_limits
 
-from analysis.cache import file_stamp
+from runner.store import file_stamp
 from analysis.load import load_data_info
 from runner.store import atomic_write, read_epoch, stored_epochs
 

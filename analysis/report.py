@@ -25,7 +25,8 @@ from threadpoolctl import threadpool_limits
 
 from analysis import baselines, hierarchy, openset, questions, render, search, tables
 from analysis.embeddings import project_run
-from analysis.cache import StampedCache, file_stamp
+from analysis.cache import StampedCache
+from runner.store import file_stamp
 from analysis.load import METRIC_LABELS, Runs, load_runs
 from analysis.tensorboard import write_tensorboard
 from runner.store import METRIC_NAMES, atomic_write

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from analysis.cache import file_stamp
+from runner.store import file_stamp
 from analysis.load import Runs, load_data_info, load_history, load_split_images
 from analysis.metrics import protocol_of
 from runner.store import METRIC_NAMES, atomic_write, read_attrs, read_final

@@ -47,7 +47,7 @@ def test_a_finished_run_is_upserted_with_its_config_and_metrics(tmp_path, tiny):
     row = catalog.read_catalog(tmp_path)[result["run_id"]]
     assert row["status"] == "completed" and row["config"]["embedding.dim"] == 8
     assert row["metrics"]["map_at_r"] == pytest.approx(result["metrics"]["map_at_r"])
-    assert row["h5_mtime"] == store.run_path(tmp_path, result["run_id"]).stat().st_mtime
+    assert row["h5_stamp"] == store.file_stamp(store.run_path(tmp_path, result["run_id"]))
 
 
 def test_a_relaunch_reads_fresh_catalog_rows_instead_of_run_h5(tmp_path, tiny, monkeypatch):

@@ -93,7 +93,7 @@ def test_a_catalog_written_before_the_protocol_column_gets_it_and_is_refreshed(f
     con.executemany(f"INSERT INTO runs ({','.join(old_columns)}) VALUES ({','.join('?' * len(old_columns))})", rows)
     con.commit()
     con.close()
-    assert all(r["h5_mtime"] is None for r in catalog.read_catalog(fake_dir).values())  # migrated: all stale
+    assert all(r["h5_stamp"] is None for r in catalog.read_catalog(fake_dir).values())  # migrated: all stale
     frame = load_results(fake_dir)
     assert len(frame) == N and "eval_protocol" in frame
 

@@ -79,7 +79,7 @@ def check_indices(indices: list[int], n_runs: int) -> None:
 def run_statuses(runs: list[RunConfig], out: str | Path) -> list[Optional[str]]:
     """completed / failed / stopped / corrupt / running (locked) / None (missing) per run.
 
-    A catalog row as fresh as its run.h5 (same mtime) answers for the file: relaunching a
+    A catalog row as fresh as its run.h5 (catalog.fresh_row) answers for the file: relaunching a
     finished 10,000-run grid reads one SQLite file, not 10,000 HDF5 files.
     """
     rows = catalog.read_catalog(out) or {}
@@ -87,19 +87,11 @@ def run_statuses(runs: list[RunConfig], out: str | Path) -> list[Optional[str]]:
     for cfg in runs:
         rid = run_id(cfg)
         rdir = store.run_dir(out, rid)
-        status = _fresh_status(rows.get(rid), rdir / "run.h5") or store.run_status(rdir / "run.h5")
+        path = rdir / "run.h5"
+        row = rows.get(rid)
+        status = row["status"] if catalog.fresh_row(row, store.file_stamp(path)) else store.run_status(path)
         statuses.append("running" if status != "completed" and store.is_locked(rdir) else status)
     return statuses
-
-
-def _fresh_status(row: Optional[dict], path: Path) -> Optional[str]:
-    """The catalog row's status when the row was read from this very file (same mtime); else None."""
-    if row is None:
-        return None
-    try:
-        return row["status"] if row["h5_mtime"] == path.stat().st_mtime else None
-    except FileNotFoundError:
-        return None
 
 
 def pending(runs: list[RunConfig], out: str | Path, retry_failed: bool = False) -> list[int]:

@@ -59,7 +59,7 @@ class RunState:
 def file_states(out: Path, run_ids: list[str]) -> dict[str, tuple[Optional[str], dict]]:
     """run_id -> (run.h5 status, catalog row) for runs with a run.h5.
 
-    A fresh catalog row (same mtime as the file) spares opening the file; the files read
+    A fresh catalog row (catalog.fresh_row: same stamp as the file) spares opening the file; the files read
     instead (no catalog yet, or rewritten since) are upserted into it, so the next status
     of 10,000 runs reads one SQLite file rather than 10,000 HDF5 files.
     """
@@ -67,18 +67,17 @@ def file_states(out: Path, run_ids: list[str]) -> dict[str, tuple[Optional[str],
     found, fresh = {}, []
     for rid in run_ids:
         path = store.run_path(out, rid)
-        try:
-            mtime = path.stat().st_mtime
-        except FileNotFoundError:
+        stamp = store.file_stamp(path)
+        if stamp is None:
             continue
         row = rows.get(rid)
-        if row is not None and row["h5_mtime"] == mtime:
+        if catalog.fresh_row(row, stamp):
             found[rid] = (row["status"], row)
             continue
         status, attrs = store.run_summary(path)
         if status is None:
             continue
-        values = catalog.row_from_attrs(attrs, mtime) if attrs else None
+        values = catalog.row_from_attrs(attrs, stamp) if attrs else None
         found[rid] = (status, dict(zip(catalog.COLUMNS, values)) if values else {})
         if values and status in ("completed", "failed", "stopped"):
             fresh.append(values)

@@ -2,9 +2,9 @@
 
 run.h5 stays the record; the catalog is an index of its root attributes, upserted
 when a run finishes (runner.launch.run) and rebuilt from the run.h5 files when missing
-(`python -m runner.status RESULTS --reindex`). A row remembers the mtime of the run.h5
-it was read from, so a reader can tell a stale row (the file was rewritten) and read
-the file instead; `refresh` does that for a whole directory (what analysis.table reads).
+(`python -m runner.status RESULTS --reindex`). A row remembers the stamp (size and mtime,
+runner.store.file_stamp) of the run.h5 it was read from, so a reader can tell a stale row
+(the file was rewritten) and read the file instead (`fresh_row`); `refresh` does that for a whole directory (what analysis.table reads).
 WAL mode and a long busy timeout make many concurrent writers safe (each upsert is one
 short transaction); sqlite3 is the standard library's.
 """
@@ -19,14 +19,15 @@ from pathlib import Path
 from typing import Optional
 
 from runner.config import flatten
+from runner.store.files import file_stamp
 from runner.store.run_file import CorruptRun, read_attrs, run_summary
 
 CATALOG = "index.sqlite"
 COLUMNS = ("run_id", "status", "config", "metrics", "start_time", "end_time", "train_time_s", "wall_time_s",
-           "host", "git_rev", "error", "epochs_run", "h5_mtime", "protocol")
+           "host", "git_rev", "error", "epochs_run", "h5_stamp", "protocol")
 SCHEMA = """CREATE TABLE IF NOT EXISTS runs (
   run_id TEXT PRIMARY KEY, status TEXT, config TEXT, metrics TEXT, start_time TEXT, end_time TEXT,
-  train_time_s REAL, wall_time_s REAL, host TEXT, git_rev TEXT, error TEXT, epochs_run INTEGER, h5_mtime REAL,
+  train_time_s REAL, wall_time_s REAL, host TEXT, git_rev TEXT, error TEXT, epochs_run INTEGER, h5_stamp TEXT,
   protocol TEXT)"""
 PROTOCOL_KEYS = ("eval_protocol", "eval_query", "eval_gallery")
 """The attrs of the run's evaluation protocol kept in the `protocol` column (JSON)."""
@@ -61,7 +62,7 @@ def connect(out: str | Path) -> sqlite3.Connection:
 
 
 def _add_missing_columns(con: sqlite3.Connection) -> None:
-    """A catalog written before a column existed gets it, and every row is made stale (h5_mtime NULL) so
+    """A catalog written before a column existed gets it, and every row is made stale (h5_stamp NULL) so
     that the next status or refresh reads each run.h5 once again to fill it."""
     have = {row[1] for row in con.execute("PRAGMA table_info(runs)")}
     if set(COLUMNS) <= have:
@@ -70,7 +71,7 @@ def _add_missing_columns(con: sqlite3.Connection) -> None:
         con.execute("BEGIN IMMEDIATE")
         for column in (c for c in COLUMNS if c not in have):
             con.execute(f"ALTER TABLE runs ADD COLUMN {column}")
-        con.execute("UPDATE runs SET h5_mtime = NULL")
+        con.execute("UPDATE runs SET h5_stamp = NULL")
         con.execute("COMMIT")
     except sqlite3.OperationalError as exc:
         if con.in_transaction:
@@ -79,14 +80,19 @@ def _add_missing_columns(con: sqlite3.Connection) -> None:
             raise
 
 
-def row_from_attrs(attrs: dict, h5_mtime: float) -> tuple:
+def row_from_attrs(attrs: dict, h5_stamp: Optional[str]) -> tuple:
     """A catalog row of a run.h5's root attributes (config flattened, metrics and protocol as JSON)."""
     config = attrs.get("config") or {}
     protocol = {k: attrs[k] for k in PROTOCOL_KEYS if k in attrs}
     return (attrs.get("run_id"), attrs.get("status"), json.dumps(flatten(config), sort_keys=True),
             json.dumps(attrs.get("metrics") or {}, sort_keys=True), attrs.get("start_time"), attrs.get("end_time"),
             attrs.get("train_time_s"), attrs.get("wall_time_s"), attrs.get("host"), attrs.get("git_rev"),
-            attrs.get("error"), attrs.get("epochs_run"), h5_mtime, json.dumps(protocol, sort_keys=True))
+            attrs.get("error"), attrs.get("epochs_run"), h5_stamp, json.dumps(protocol, sort_keys=True))
+
+
+def fresh_row(row: Optional[dict], stamp: Optional[str]) -> bool:
+    """Whether a catalog row was read from the run.h5 whose stamp (file_stamp) is `stamp`."""
+    return row is not None and stamp is not None and row["h5_stamp"] == stamp
 
 
 def _upsert(con: sqlite3.Connection, rows: list[tuple]) -> None:
@@ -103,7 +109,7 @@ def index_run(path: str | Path) -> None:
     path = Path(path)
     out = path.parent.parent.parent
     try:
-        row = row_from_attrs(read_attrs(path), path.stat().st_mtime)
+        row = row_from_attrs(read_attrs(path), file_stamp(path))
         con = connect(out)
         try:
             con.execute("BEGIN IMMEDIATE")
@@ -137,7 +143,7 @@ def rebuild(out: str | Path) -> int:
     rows = []
     for path in sorted(Path(out).glob("runs/*/run.h5")):
         try:
-            rows.append(row_from_attrs(read_attrs(path), path.stat().st_mtime))
+            rows.append(row_from_attrs(read_attrs(path), file_stamp(path)))
         except (CorruptRun, OSError):
             continue  # a corrupt file is no finished run: status reports it from the file
     con = connect(out)
@@ -176,17 +182,16 @@ def refresh(out: str | Path) -> dict[str, dict]:
     rows = read_catalog(out) or {}
     found, fresh = {}, []
     for path in Path(out).glob("runs/*/run.h5"):
-        try:
-            mtime = path.stat().st_mtime
-        except FileNotFoundError:
+        stamp = file_stamp(path)
+        if stamp is None:
             continue  # deleted while listing
         row = rows.get(path.parent.name)
-        if row is not None and row["h5_mtime"] == mtime:
+        if fresh_row(row, stamp):
             found[row["run_id"]] = row
             continue
         status, attrs = run_summary(path)
         if status in FINISHED and attrs.get("run_id"):
-            fresh.append(row_from_attrs(attrs, mtime))
+            fresh.append(row_from_attrs(attrs, stamp))
     upsert_rows(out, fresh)
     for values in fresh:
         row = dict(zip(COLUMNS, values))

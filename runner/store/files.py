@@ -13,7 +13,7 @@ import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from runner.config import ConfigError
 
@@ -30,6 +30,17 @@ def run_path(out: str | Path, run_id: str) -> Path:
 
 class RunLocked(RuntimeError):
     """Another process is running the same run_id in the same results directory."""
+
+
+def file_stamp(path: str | Path) -> Optional[str]:
+    """Size and mtime (ns) of a file, or None when it is gone: what every cache and the catalog
+    compare to tell whether a file changed since they read it. A run.h5 is only ever replaced
+    as a whole (atomic_path), so a rerun run changes its stamp."""
+    try:
+        st = Path(path).stat()
+    except FileNotFoundError:
+        return None
+    return f"{st.st_size}-{st.st_mtime_ns}"
 
 
 @contextmanager
