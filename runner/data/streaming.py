@@ -16,20 +16,22 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import h5py
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 
 from runner.config import ConfigError, DataConfig
 from runner.data.augment import AugmentPolicy
 from runner.data.image_files import ImageFiles
 from runner.data.image_set import ImageSet
 from runner.data.paths import one_line
+
+if TYPE_CHECKING:  # imported where used: see eval_transform
+    from torchvision.transforms import v2
 
 MEMORY_FRACTION = 0.5
 """auto streams when the decoded set would take more than this fraction of the available memory per process."""
@@ -188,6 +190,8 @@ class StreamDataset(Dataset):
 
 def eval_transform(size: int) -> v2.Compose:
     """Resize the short side to round(size × 8/7), then the centre size×size crop."""
+    from torchvision.transforms import v2  # here, not at the top: every command imports this module (via the
+    # data registry) and torchvision costs ~1 s; only a streaming run builds transforms
     return v2.Compose([v2.Resize(round(size * RESIZE_RATIO), antialias=True), v2.CenterCrop(size)])
 
 
@@ -195,6 +199,7 @@ def train_transform(size: int, policy: AugmentPolicy) -> v2.Compose:
     """RandomResizedCrop (area from policy.crop_scale), flips per policy, brightness/contrast jitter."""
     if not policy.active:
         return eval_transform(size)
+    from torchvision.transforms import v2  # lazily, as in eval_transform
     steps = [v2.RandomResizedCrop(size, scale=(policy.crop_scale, 1.0), antialias=True)]
     if policy.hflip:
         steps.append(v2.RandomHorizontalFlip())

@@ -7,7 +7,6 @@ import math
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import nn
 from torch.nn import functional as F
 
@@ -46,6 +45,7 @@ class SmallCNN(nn.Module):
 
 
 def _torchvision_trunk(name: str, in_channels: int) -> tuple[nn.Module, int]:
+    import torchvision  # here: ~1 s of import that the small CNNs (and every launcher) do without
     net = getattr(torchvision.models, name)(weights=None)
     if name.startswith("resnet"):
         if in_channels != 3:
