@@ -39,10 +39,8 @@ class StreamBatches:
                                   pin_memory=device.type == "cuda")
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True).float().div_(255.0)
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        # the layout is train.channels_last's, applied by the train loop to batches of either source
+        return x.to(self.device, non_blocking=True).float().div_(255.0)
 
     def train_batches(self, parts: Parts, epoch: int, gen: torch.Generator) -> Iterator:
         """(augmented float images, labels) on the device for epoch's P×K batches (gen is unused)."""
