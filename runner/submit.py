@@ -19,7 +19,7 @@ from runner.cli import add_set_option, command
 from runner.config import from_dict, run_id
 from runner.launch import slurm_jobs
 from runner.launch.many import pending
-from runner.launch.arrays import submission_groups, submitit_limits
+from runner.launch.arrays import runs_per_task_in_room, submission_groups, submitit_limits
 from runner.launch.revision import submission_provenance
 from runner.launch.submitit_jobs import make_executor, run_groups, submit_runs, tasks_per_run
 from runner.launch.validate import Placement, expand_checked
@@ -51,6 +51,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
                    help="runs one array task trains (default 1, or --runs-per-gpu)")
     p.add_argument("--runs-per-gpu", type=int, default=1,
                    help="runs an array task trains at once, in as many processes sharing its GPU and CPUs")
+    p.add_argument("--max-submit-jobs", type=int, default=0,
+                   help="jobs (array tasks) you may have queued at once (0: MaxSubmitJobs of sacctmgr, MaxJobCount); "
+                        "runs per task rise until the tasks fit")
     p.add_argument("--max-array-size", type=int, default=0,
                    help="tasks per array (0: MaxArraySize of scontrol show config)")
     p.add_argument("--time-factor", type=float, default=2.0, help="--timeout-min x this for runs that timed out")
@@ -63,6 +66,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     if args.runs_per_gpu < 1 or (args.runs_per_gpu > 1 and tasks > 1):
         p.error(f"--runs-per-gpu: got {args.runs_per_gpu}, expected a positive integer (1 with {tasks} tasks per run)")
     args.runs_per_task = args.runs_per_task or args.runs_per_gpu
+    if args.max_submit_jobs < 0:
+        p.error(f"--max-submit-jobs: got {args.max_submit_jobs}, expected a positive integer, or 0 for the site's limit")
     if args.nodes_per_run < 1 or tasks % args.nodes_per_run or (args.gpus_per_run % args.nodes_per_run):
         p.error(f"--nodes-per-run: got {args.nodes_per_run}, expected a positive divisor of the run's "
                 f"{tasks} task(s) and {args.gpus_per_run} GPU(s)")
@@ -111,13 +116,15 @@ def submit_classes(args: argparse.Namespace, executor, runs: list, todo: list[in
     max_size = args.max_array_size or (slurm_jobs.max_array_size() if slurm else 0) or 0
     classes = submission_groups(runs, args.out, todo, time_factor=args.time_factor, mem_factor=args.mem_factor,
                                 max_attempts=args.max_attempts, partition=args.partition) if slurm else [(todo, [], "")]
+    runs_per_task = max(1, args.runs_per_task)
+    if slurm:  # every array task is one job for the site's MaxSubmitJobs
+        runs_per_task = runs_per_task_in_room([len(c[0]) for c in classes], runs_per_task, args.max_submit_jobs)
     for indices, sbatch, why in classes:
         base = {"timeout_min": args.timeout_min, **({"mem_gb": args.mem_gb} if args.mem_gb else {})}
         executor.update_parameters(**{**base, **submitit_limits(sbatch)})
         if why:
             print(f"{len(indices)} run(s) {why}")
-        group = run_groups([runs[i].to_dict() for i in indices], executor.cluster, args.max_parallel,
-                           max(1, args.runs_per_task))
+        group = run_groups([runs[i].to_dict() for i in indices], executor.cluster, args.max_parallel, runs_per_task)
         jobs += submit_runs(executor, group, args.out, args.retry_failed, max_size, args.runs_per_gpu)
         groups += group
     return jobs, groups

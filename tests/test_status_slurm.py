@@ -165,3 +165,23 @@ def test_a_grid_stays_under_max_submit_jobs_beside_the_jobs_already_queued(tmp_p
         assert held["counts"]["pending"] == 12
     finally:
         subprocess.run(["scancel", *[j for j, _ in jobs]], capture_output=True)
+
+
+def test_runner_submit_stays_under_max_submit_jobs_too(tmp_path, env):
+    """runner.submit plans as grid.sh does: room for 2 jobs beside those queued -> 12 runs in <= 2 array tasks."""
+    spec, runs = make_spec(tmp_path, SPEC12)
+    out = tmp_path / "res"
+    queued = len(subprocess.run(["squeue", "-h", "-r", "-u", getpass.getuser(), "-o", "%i"],
+                                capture_output=True, text=True, check=True).stdout.split())
+    p = subprocess.run([PYTHON, "-m", "runner.submit", str(spec), "--out", str(out), "--executor", "slurm",
+                        "--cpus-per-task", "1", "--timeout-min", "10", "--max-submit-jobs", str(queued + 2)],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stdout + p.stderr
+    (record,) = submissions.read_submissions(out)
+    try:
+        tasks = {task for _, task in record["runs"]}
+        assert 1 <= len(tasks) <= 2 and sum(j["tasks"] for j in record["jobs"]) == len(tasks), record
+        assert sorted(rid for rid, _ in record["runs"]) == sorted(run_id(c) for c in runs)
+        assert f"--max-submit-jobs {queued + 2}: 12 runs as" in p.stderr, p.stderr
+    finally:
+        subprocess.run(["scancel", *[j["job_id"] for j in record["jobs"]]], capture_output=True)

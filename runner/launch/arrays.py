@@ -113,18 +113,26 @@ def plan_submission(runs: list[RunConfig], out: str | Path, todo: list[int], *, 
     """
     max_array_size = max_array_size or slurm_jobs.max_array_size() or 1001
     groups = submission_groups(runs, out, todo, **retry)
-    room, limit = submit_room(max_submit_jobs)
-    sizes = [len(indices) for indices, _, _ in groups]
-    fitted = fit_runs_per_task(sizes, max(1, runs_per_task), room)
-    if fitted is None:
-        raise ConfigError("--max-submit-jobs", limit, f"room for {len(groups)} or more array tasks beside the jobs "
-                          f"already queued ({room} left): wait for queued jobs to end (squeue -u {getpass.getuser()}) "
-                          "or submit fewer runs")
-    if fitted != max(1, runs_per_task):
-        print(f"{limit}: {sum(sizes)} runs as {sum(-(-n // fitted) for n in sizes)} tasks of up to {fitted} runs "
-              f"(--runs-per-task {runs_per_task} would need {sum(-(-n // max(1, runs_per_task)) for n in sizes)} "
-              f"jobs, {room} fit)", file=sys.stderr)
+    fitted = runs_per_task_in_room([len(indices) for indices, _, _ in groups], runs_per_task, max_submit_jobs)
     return plan_arrays(groups, fitted, max_array_size, max_parallel)
+
+
+def runs_per_task_in_room(sizes: list[int], runs_per_task: int, max_submit_jobs: int = 0) -> int:
+    """Runs per array task for resource groups of `sizes` runs: runs_per_task, raised (and said on stderr)
+    until the tasks fit the jobs this user may still queue (submit_room); a ConfigError when even one
+    task per group does not fit. slurm/grid.sh and runner.submit both plan with it."""
+    runs_per_task = max(1, runs_per_task)
+    room, limit = submit_room(max_submit_jobs)
+    fitted = fit_runs_per_task(sizes, runs_per_task, room)
+    if fitted is None:
+        raise ConfigError("--max-submit-jobs", limit, f"room for {len([n for n in sizes if n])} or more array "
+                          f"tasks beside the jobs already queued ({room} left): wait for queued jobs to end "
+                          f"(squeue -u {getpass.getuser()}) or submit fewer runs")
+    if fitted != runs_per_task:
+        print(f"{limit}: {sum(sizes)} runs as {sum(-(-n // fitted) for n in sizes)} tasks of up to {fitted} runs "
+              f"(--runs-per-task {runs_per_task} would need {sum(-(-n // runs_per_task) for n in sizes)} "
+              f"jobs, {room} fit)", file=sys.stderr)
+    return fitted
 
 
 def submit_room(max_submit_jobs: int = 0) -> tuple[Optional[int], str]:
