@@ -255,7 +255,13 @@ def _fields_of(obj: Any) -> Any:
     """dataclasses.asdict without its deep copies (JSON copies the result anyway): 10,000 configs of a
     grid are hashed twice on every relaunch, and asdict's copies were most of that time."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: _fields_of(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        # configs are frozen and the runs of a grid share their sections (_build_section): each
+        # section's dict is made once and kept on it; callers copy it (to_dict goes through JSON)
+        fields = obj.__dict__.get("_fields")
+        if fields is None:
+            fields = {f.name: _fields_of(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+            obj.__dict__["_fields"] = fields
+        return fields
     if isinstance(obj, (list, tuple)):
         return [_fields_of(v) for v in obj]
     if isinstance(obj, dict):
@@ -376,7 +382,7 @@ def build(cls: type, data: Any, prefix: str = "") -> Any:
             raise ConfigError(f"{prefix}{key}", value, f"one of {', '.join(names)}{suggest(key, names)}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
-            kwargs[key] = build(tp, value, f"{prefix}{key}.")
+            kwargs[key] = _build_section(tp, value, f"{prefix}{key}.")
             continue
         if tp is float and _type_ok(value, int):
             value = float(value)
@@ -387,6 +393,25 @@ def build(cls: type, data: Any, prefix: str = "") -> Any:
         # a list for a tuple field, or for an Optional tuple one: frozen configs stay hashable
         kwargs[key] = tuple(value) if isinstance(value, list) else value
     return cls(**kwargs)
+
+
+_SECTIONS: dict = {}
+"""Built sections by (class, prefix, JSON of the dict): the runs of a grid share most of theirs."""
+
+
+def _build_section(cls: type, data: Any, prefix: str) -> Any:
+    """build() of a nested section, reused when the same dict was built before: a section is a frozen
+    dataclass, so runs may share one (resolving 10,000 runs otherwise type-checks the same sections
+    10,000 times). Values JSON cannot write (or unhashable input) are built afresh."""
+    try:
+        key = (cls, prefix, json.dumps(data, sort_keys=True))
+    except (TypeError, ValueError):
+        return build(cls, data, prefix)
+    if key not in _SECTIONS:
+        if len(_SECTIONS) > 100_000:  # bounded: a long-lived process (Ray, a notebook) resolves many configs
+            _SECTIONS.clear()
+        _SECTIONS[key] = build(cls, data, prefix)
+    return _SECTIONS[key]
 
 
 def from_dict(data: dict) -> RunConfig:
@@ -423,8 +448,16 @@ def canonical_json(cfg: RunConfig) -> str:
 
 
 def run_id(cfg: RunConfig) -> str:
-    """Short stable hash of the resolved config's identity: same settings, same id."""
-    return hashlib.sha256(canonical_json(cfg).encode()).hexdigest()[:12]
+    """Short stable hash of the resolved config's identity: same settings, same id.
+
+    Kept on the instance once computed: a RunConfig is frozen (dataclasses.replace makes a new
+    one), and a launcher asks for the id of each of 10,000 runs several times.
+    """
+    rid = cfg.__dict__.get("_run_id")
+    if rid is None:
+        rid = hashlib.sha256(canonical_json(cfg).encode()).hexdigest()[:12]
+        cfg.__dict__["_run_id"] = rid  # not a field: eq, asdict and to_dict never see it
+    return rid
 
 
 def legacy_run_id(config: dict) -> str:

@@ -182,3 +182,12 @@ def test_ungrouped_splits_are_those_of_before():
         assert hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16] == digest
         if split == "class_disjoint" and s.val is not None:
             assert not set(s.val.labels.tolist()) & set(s.train.labels.tolist())
+
+
+def test_digits_shape_without_loading_matches_the_set():
+    """describe_data knows the digits' class counts without importing scikit-learn; they are the set's."""
+    from sklearn.datasets import load_digits
+    from runner.config import DataConfig
+    from runner.data import describe_data
+    shape = describe_data(DataConfig(name="digits"))
+    assert shape.class_counts == tuple(np.bincount(load_digits().target).tolist())

@@ -26,8 +26,10 @@ TIERS = [
 ]
 ANALYSIS_MAY_IMPORT = {"runner.config", "runner.store", "runner.data", "runner.inference"}
 """Results, configs, the data package's public names, and a finished run's model for new images."""
-LAZY_OK = ("ray", "umap", "tensorboard", "numba", "faiss", "openTSNE")
-"""Optional heavy dependencies: the only imports allowed inside a function (with a comment)."""
+LAZY_OK = ("ray", "umap", "tensorboard", "numba", "faiss", "openTSNE", "sklearn", "torchvision")
+"""Heavy dependencies that are optional (ray, umap, ...) or that most commands never use (scikit-learn
+for digits, LFW and k-means, ~2 s; torchvision for stream transforms and torchvision trunks, ~1 s): the
+only imports allowed inside a function (with a comment)."""
 LAZY_PROJECT_OK = {("runner.status", "runner.spec")}
 """(module, project import) allowed inside a function: runner.spec imports torch and PML (~2 s);
 runner.status needs it only for a spec argument, and a results directory must answer in < 3 s."""

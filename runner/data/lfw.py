@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.datasets import fetch_lfw_people
 
 from runner.config import ConfigError, DataConfig
 from runner.data.image_set import DataShape, ImageSet
@@ -97,6 +96,7 @@ def load_lfw(cfg: DataConfig) -> ImageSet:
     size = cfg.image_size or DEFAULT_SIZE
     side = LFW_SLICE[0].stop - LFW_SLICE[0].start
     try:
+        from sklearn.datasets import fetch_lfw_people  # lazily: scikit-learn's import is ~2 s
         bunch = fetch_lfw_people(data_home=str(root), funneled=faces.name == "lfw_funneled",
                                  resize=(size + 0.5) / side,  # sklearn truncates side·resize to an int
                                  min_faces_per_person=cfg.min_images_per_class, color=True,

@@ -21,7 +21,6 @@ distinct trunk × image shape and reads each data set's headers once.
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -165,9 +164,7 @@ def check_device(device: str, placement: Placement) -> None:
 
 
 def _key(args: tuple) -> str:
-    """A cache key for a check's arguments: frozen configs hold dicts (params), so JSON."""
-    def plain(a):
-        if dataclasses.is_dataclass(a):
-            return {"type": type(a).__name__, **dataclasses.asdict(a)}
-        return a
-    return json.dumps([plain(a) for a in args], sort_keys=True, default=str)
+    """A cache key for a check's arguments: frozen configs hold dicts (params), so not hash() but
+    their repr, which names every field and value (asdict + JSON cost 0.5 ms per run on 10,000 runs).
+    Equal configs whose params dicts were written in another order get two keys: a cache miss, no error."""
+    return repr(args)

@@ -16,9 +16,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
 from threadpoolctl import threadpool_limits
 
 from runner.training import knn
@@ -77,6 +74,10 @@ def cluster_scores(emb, labels, n_init: int = KMEANS_N_INIT, seed: int = KMEANS_
     y = _as_tensor(labels).cpu().numpy()
     if len(y) == 0:
         return {"nmi": math.nan, "ami": math.nan}
+    # scikit-learn imported here: ~2 s that every launcher would pay at start-up otherwise
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
     kmeans = KMeans(n_clusters=len(np.unique(y)), n_init=n_init, random_state=seed)
     # as many threads as torch uses (numba does the same): OpenMP's default oversubscribes shared nodes
     with threadpool_limits(torch.get_num_threads()), warnings.catch_warnings():

@@ -118,10 +118,14 @@ def min_image_size(cfg: ModelConfig, in_channels: int, height: int, width: int) 
 
 
 def _forwards(cfg: ModelConfig, in_channels: int, height: int, width: int) -> bool:
-    with torch.device("meta"):
+    # torchvision trunks on the meta device (shapes only); the small CNN, a few kB, on the CPU for real:
+    # the meta device's function mode imports torch._dynamo (~1.3 s of a launcher's start-up)
+    device = "cpu" if cfg.backbone == "small_cnn" else "meta"
+    with torch.device(device):
         trunk, _ = make_trunk(cfg, in_channels, width)
         try:
-            trunk.train()(torch.zeros(2, in_channels, height, width))
+            with torch.no_grad():
+                trunk.train()(torch.zeros(2, in_channels, height, width))
         except RuntimeError:  # "Output size is too small" and kin: the maps shrank below 1×1
             return False
     return True
