@@ -34,3 +34,25 @@ def test_epoch_lines_appear_while_the_run_trains(tmp_path, subprocess_env):
     assert float(lines[2].group(5)) > 0  # samples/s of a trained epoch
     printed = [LINE.search(line) for line in out.splitlines() if "epoch" in line]
     assert [int(m.group(2)) for m in printed if m][:3] == [0, 1, 2]  # the same lines on stdout (the SLURM log)
+
+
+def test_a_level_set_before_the_first_run_silences_the_epoch_lines(tmp_path, capsys):
+    """setLevel(WARNING) before anything ran (as the module docstring tells a user) is not undone by the first run."""
+    import logging
+
+    from runner.launch.run import run_one
+    logger = logging.getLogger("dmlrunner")
+    saved = logger.handlers[:], logger.level, logger.propagate
+    logger.handlers.clear()
+    logger.setLevel(logging.WARNING)
+    try:
+        run_one(resolve({"model": {"width": 8}, "embedding": {"dim": 4}, "train": {"epochs": 2, "batch_size": 32}}),
+                tmp_path, progress=False)
+        assert logger.level == logging.WARNING
+        assert " epoch 1/2 " not in capsys.readouterr().out
+        logger.setLevel(logging.INFO)  # and the same run's lines appear at INFO (the check above can fail)
+        run_one(resolve({"model": {"width": 8}, "embedding": {"dim": 4}, "train": {"epochs": 2, "batch_size": 32},
+                         "seed": 1}), tmp_path, progress=False)
+        assert " epoch 1/2 " in capsys.readouterr().out
+    finally:
+        logger.handlers[:], (logger.level, logger.propagate) = saved[0], saved[1:]

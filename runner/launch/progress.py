@@ -20,12 +20,14 @@ KEY_METRIC = "map_at_r"
 
 
 def _ensure_stdout_handler() -> None:
-    """stdout, unless the user (or an embedding application) configured the logger already."""
+    """stdout, unless the user (or an embedding application) configured the logger already; a level
+    the user set before the first run (setLevel(WARNING) to silence it) is kept."""
     if not LOGGER.handlers:
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))
         LOGGER.addHandler(handler)
-        LOGGER.setLevel(logging.INFO)
+        if LOGGER.level == logging.NOTSET:
+            LOGGER.setLevel(logging.INFO)
         LOGGER.propagate = False
 
 
