@@ -2,8 +2,7 @@
 the catalog of finished runs (catalog) and the submission records (submissions)."""
 
 from runner.store.files import (MIN_FREE_BYTES, RunLocked, atomic_path, atomic_write, check_writable, file_stamp,
-                                fsync_replace,
-                                is_locked, remove_stale_temporaries, run_dir, run_lock, run_path)
+                                fsync_replace, is_locked, remove_stale_temporaries, run_dir, run_lock, run_path)
 from runner.store.catalog import index_run, refresh as refresh_catalog
 from runner.store.run_file import (EPOCH_TIMING_KEYS, FORMAT_VERSION, METRIC_NAMES, REQUIRED, STEP_KEYS, CorruptRun,
                                    RunRecord, epoch_group, has_final, read_attrs, read_data_info, read_epoch,
