@@ -8,8 +8,9 @@ and samples/s of memory vs stream-from-HDF5 vs stream-from-JPEG with 0 and 2 wor
 
 rss: a Stanford-Online-Products-layout set of tiny JPEGs per size (benchmarks/image_sets.py: a
 few encoded images whose bytes are reused), then `python -m runner.train jobs/sop.yaml` in a
-subprocess, one epoch, CPU, with a small trunk and image size (resnet50 at 224 px is days per
-epoch on 2 cores; the input pipeline's memory does not depend on the trunk). Every 0.2 s the RSS
+subprocess: one epoch of --steps steps (train.steps_per_epoch), CPU, a small trunk and image
+size (resnet50 at 224 px is days per epoch on 2 cores; the input pipeline's memory does not
+depend on the trunk). Every 0.2 s the RSS
 of the run's process tree (trainer + DataLoader workers) is summed, and so is its PSS; the peaks
 are reported, with what memory mode would have to hold for the same set decoded at 224 px. The
 sum of RSS counts pages the forked workers share with the trainer once per process (an upper
@@ -65,7 +66,8 @@ def tree_memory(pid: int) -> tuple[int, int]:
 def sop_run(root: Path, out: Path, args) -> tuple[int, int, float, str]:
     """(peak tree RSS, peak tree PSS bytes, wall s, the last lines of output) of one jobs/sop.yaml run."""
     sets = [f"data.root={root}", "model.pretrained=null", f"model.backbone={args.backbone}", "model.width=8",
-            f"data.image_size={args.image_size}", "train.epochs=1", f"data.num_workers={args.workers}",
+            f"data.image_size={args.image_size}", "train.epochs=1", f"train.steps_per_epoch={args.steps}",
+            f"data.num_workers={args.workers}",
             "train.num_threads=1", "train.device=cpu", "train.amp=false", "model.freeze_bn=false"]
     # Recall@1,2,4,8 only: SOP's Recall@1000 makes every query's search a top-1000 one, which on
     # 2 CPU cores costs more than the rest of the run (and a few hundred images have no 1000 references)
@@ -130,6 +132,8 @@ def parse_args(argv):
     p.add_argument("--size", type=int, default=64, help="data.image_size of the speed rows")
     p.add_argument("--workers", type=int, default=2, help="data.num_workers of the rss runs")
     p.add_argument("--backbone", default="small_cnn")
+    p.add_argument("--steps", type=int, default=20, help="train.steps_per_epoch of the rss runs (a full SOP epoch "
+                   "is 465 steps: hours on 2 cores; evaluation still embeds and scores every image)")
     p.add_argument("--recall-at", default="[1,2,4,8]", help="eval.recall_at of the rss runs (jobs/sop.yaml: to 1000)")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)

@@ -172,7 +172,12 @@ class MinerConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 30
-    """Passes over the training split (an epoch is len(train) // global batch steps)."""
+    """Passes over the training split (an epoch is len(train) // global batch steps, or
+    train.steps_per_epoch when that is smaller)."""
+    steps_per_epoch: Optional[int] = None
+    """At most this many optimiser steps per epoch; None: a full pass over the training split.
+    Short epochs on a big set (SOP's 59,551 training images are 465 steps of 128): evaluation, stored
+    embeddings, checkpoints and the learning-rate schedule then count these epochs."""
     min_steps: int = 0
     """Train at least this many optimiser steps: epochs rise to ceil(min_steps / steps per epoch).
     Tiny data sets have one step per epoch; a step budget keeps them from stopping untrained."""
@@ -294,6 +299,8 @@ def validate(cfg: RunConfig) -> None:
     _check(e.dim >= 1, "embedding.dim", e.dim, "an integer >= 1")
     _check(t.epochs >= 1, "train.epochs", t.epochs, "an integer >= 1")
     _check(t.min_steps >= 0, "train.min_steps", t.min_steps, "an integer >= 0")
+    _check(t.steps_per_epoch is None or t.steps_per_epoch >= 1, "train.steps_per_epoch", t.steps_per_epoch,
+           "an integer >= 1 or null")
     _check(t.samples_per_class >= 1, "train.samples_per_class", t.samples_per_class, "an integer >= 1")
     _check(t.batch_size >= 2, "train.batch_size", t.batch_size, "an integer >= 2")
     _check(t.sampler in ("pk", "random"), "train.sampler", t.sampler, "pk or random")

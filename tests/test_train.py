@@ -151,6 +151,40 @@ def test_min_steps_raises_epochs_of_tiny_data(tmp_path):
     assert result["status"] == "completed" and len(steps["step"]) == 4 and list(steps["epoch"]) == [1, 2, 3, 4]
 
 
+def test_steps_per_epoch_caps_every_epoch_and_resumes_to_the_same_run(tmp_path):
+    """train.steps_per_epoch: each epoch makes at most that many steps (the sampler's length, so the
+    schedule, min_steps and a stream-mode plan count the same steps); a resumed run equals an
+    uninterrupted one; unset, the run_id and the full pass are as before."""
+    from runner.config import ConfigError, RunConfig, TrainConfig
+    from runner.data.samplers import PKSampler, RandomBatchSampler
+    from runner.training.parts import planned_epochs
+    labels = np.repeat(np.arange(10), 20)  # 200 images: 12 full-pass batches of 16
+    assert len(PKSampler(labels, 16, 4, seed=0)) == 12
+    capped = PKSampler(labels, 16, 4, seed=0, max_steps=5)
+    assert len(capped) == 5 and len(capped.batches(1)) == 5
+    assert [b.tolist() for b in capped.batches(1)] == [b.tolist() for b in PKSampler(labels, 16, 4, 0).batches(1)[:5]]
+    assert len(RandomBatchSampler(labels, 16, seed=0, max_steps=30)) == 12  # a cap above a full pass changes nothing
+    assert planned_epochs(TrainConfig(epochs=1, min_steps=12, steps_per_epoch=5), 5) == 3
+    with pytest.raises(ConfigError, match="train.steps_per_epoch"):
+        RunConfig(train=TrainConfig(steps_per_epoch=0))
+    assert run_id(resolve(tiny_layer(steps_per_epoch=None))) == run_id(resolve(tiny_layer()))
+    assert run_id(resolve(tiny_layer(steps_per_epoch=3))) != run_id(resolve(tiny_layer()))
+
+    cfg = resolve(tiny_layer(epochs=3, steps_per_epoch=3, save_every=2))
+    whole = run_one(cfg, tmp_path / "whole", progress=False)
+    steps = store.read_run(whole["path"])["history"]["steps"]
+    assert whole["status"] == "completed" and list(steps["epoch"]) == [1, 1, 1, 2, 2, 2, 3, 3, 3]
+    lr = np.asarray(steps["lr"])
+    assert lr[-1] < 0.05 * lr.max()  # the cosine schedule spans the 9 steps made, not 3 full passes
+    assert run_one(cfg, tmp_path / "resumed", stop_after_epochs=1)["status"] == "interrupted"
+    assert run_one(cfg, tmp_path / "resumed")["status"] == "completed"
+    emb_a, loss_a, m_a = _final(tmp_path / "whole", cfg)
+    emb_b, loss_b, m_b = _final(tmp_path / "resumed", cfg)
+    np.testing.assert_allclose(loss_b, loss_a, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(emb_b, emb_a, rtol=0, atol=1e-5)
+    assert m_a == pytest.approx(m_b)
+
+
 def test_config_error_at_start_is_recorded_failed(tmp_path):
     """Data that fails only once the run starts (gone since the checks): a failed run.h5 with the
     reason, so status shows it and a relaunch skips it unless asked to retry failed runs."""

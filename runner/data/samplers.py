@@ -6,9 +6,16 @@ engine gathers from tensors, never a per-sample DataLoader.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 
 from runner.config import ConfigError
+
+
+def capped(full_pass: int, max_steps: Optional[int]) -> int:
+    """Batches in an epoch: a full pass (at least one batch), at most max_steps."""
+    return max(1, full_pass if max_steps is None else min(full_pass, max_steps))
 
 
 class PKSampler:
@@ -25,12 +32,13 @@ class PKSampler:
         batch_size: samples per rank per step (P·K).
         samples_per_class: K.
         seed: base seed; epoch e uses (seed, e), so any epoch can be replayed on resume.
+        max_steps: at most this many batches per epoch (train.steps_per_epoch); None: a full pass.
     """
 
     def __init__(self, labels, batch_size: int, samples_per_class: int, seed: int,
-                 rank: int = 0, world_size: int = 1):
+                 rank: int = 0, world_size: int = 1, max_steps: Optional[int] = None):
         self.labels = np.asarray(labels)
-        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.seed, self.rank, self.world_size, self.max_steps = seed, rank, world_size, max_steps
         self.by_class = [np.flatnonzero(self.labels == c) for c in np.unique(self.labels)]
         self.p = min(batch_size // samples_per_class, len(self.by_class) // world_size)
         if self.p < 2:
@@ -40,7 +48,7 @@ class PKSampler:
         self.k = batch_size // self.p
 
     def __len__(self) -> int:
-        return max(1, len(self.labels) // (self.p * self.k * self.world_size))
+        return capped(len(self.labels) // (self.p * self.k * self.world_size), self.max_steps)
 
     def batches(self, epoch: int) -> list[np.ndarray]:
         """This rank's index batches for `epoch` (deterministic in seed and epoch)."""
@@ -58,12 +66,14 @@ class PKSampler:
 class RandomBatchSampler:
     """Plain shuffled batches (the bare-loop baseline), sharded by rank like PKSampler."""
 
-    def __init__(self, labels, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, labels, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
+                 max_steps: Optional[int] = None):
         self.n = len(labels)
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.max_steps = max_steps
 
     def __len__(self) -> int:
-        return max(1, self.n // (self.batch_size * self.world_size))
+        return capped(self.n // (self.batch_size * self.world_size), self.max_steps)
 
     def batches(self, epoch: int) -> list[np.ndarray]:
         perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)

@@ -96,8 +96,9 @@ def unwrap(module: torch.nn.Module) -> torch.nn.Module:
 
 def make_sampler(t: TrainConfig, labels: torch.Tensor, seed: int, env: DistEnv):
     if t.sampler == "pk":
-        return PKSampler(labels.numpy(), t.batch_size, t.samples_per_class, seed, env.rank, env.world_size)
-    return RandomBatchSampler(labels.numpy(), t.batch_size, seed, env.rank, env.world_size)
+        return PKSampler(labels.numpy(), t.batch_size, t.samples_per_class, seed, env.rank, env.world_size,
+                         t.steps_per_epoch)
+    return RandomBatchSampler(labels.numpy(), t.batch_size, seed, env.rank, env.world_size, t.steps_per_epoch)
 
 
 def make_optimizer(params: list, t: TrainConfig) -> torch.optim.Optimizer:
