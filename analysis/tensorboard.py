@@ -10,6 +10,10 @@ Training writes its own logs to results/runs/<run_id>/tb; these are built from t
 alone, so they also exist for runs whose tb/ was lost. tensorboard is imported lazily. A run's
 HParams folder remembers the stamp of the run.h5 it was written from: a second report over
 unchanged results writes nothing again, and a rerun run's folder is rewritten.
+
+Sessions are written by runner.store.EventFile, synchronously: torch's SummaryWriter hands every
+scalar to a writer thread through a 10-slot queue, and over 1,000 runs (~300,000 scalars) the
+waiting on that queue was most of the report's time.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import torch
 from runner.store import file_stamp
 from analysis.load import Runs, load_data_info, load_history, load_split_images
 from analysis.metrics import protocol_of
-from runner.store import METRIC_NAMES, atomic_write, read_attrs, read_final
+from runner.store import METRIC_NAMES, EventFile, atomic_write, read_attrs, read_final
 
 SPRITE_LIMIT_PX = 8192
 MAX_PROJECTOR_POINTS = 1000
@@ -73,24 +77,22 @@ def _write_session(runs: Runs, run, folder: Path, scalars: bool, step_points: in
     metrics = {f"hparam/{m}": float(run[m]) for m in METRIC_NAMES if np.isfinite(run.get(m, np.nan))}
     # torch.utils.tensorboard loads tensorboard and protobuf: imported only when logs are written
     from torch.utils.tensorboard import summary as tb_summary
-    with _summary_writer(folder) as writer:
-        # add_hparams(run_name=".") opens a second writer on the same folder: a thread and a file per run
+    with EventFile(folder) as writer:
         for summary in tb_summary.hparams(hp, metrics):
-            writer.file_writer.add_summary(summary)
-        for key, value in metrics.items():
-            writer.add_scalar(key, value)
+            writer.summary(summary)
+        writer.scalars(metrics)
         if scalars:
             steps = load_history(run["path"])
             stride = max(1, len(steps) // step_points)  # TensorBoard samples anyway; keep files small
-            for key in (k for k in STEP_SCALARS if k in steps):
-                for step, value in zip(steps["step"].to_numpy()[::stride], steps[key].to_numpy()[::stride]):
-                    if np.isfinite(value):
-                        writer.add_scalar(f"step/{key}", float(value), int(step))
-            epochs = load_history(run["path"], "epochs")
-            for key in (m for m in METRIC_NAMES if m in epochs):
-                for epoch, value in zip(epochs["epoch"].to_numpy(), epochs[key].to_numpy()):
-                    if np.isfinite(value):  # the runner's per-epoch metrics, by the same protocol
-                        writer.add_scalar(f"epoch/{key}", float(value), int(epoch))
+            _write_rows(writer, steps.iloc[::stride], "step", [k for k in STEP_SCALARS if k in steps])
+            epochs = load_history(run["path"], "epochs")  # the runner's per-epoch metrics, by the same protocol
+            _write_rows(writer, epochs, "epoch", [m for m in METRIC_NAMES if m in epochs])
+
+
+def _write_rows(writer: EventFile, table, index: str, keys: list) -> None:
+    """One event per row of table: its finite values of keys as `index/key` scalars at step row[index]."""
+    for row in table[[index, *keys]].itertuples(index=False):
+        writer.scalars({f"{index}/{k}": float(v) for k, v in zip(keys, row[1:]) if np.isfinite(v)}, int(row[0]))
 
 
 def write_projector(paths: dict, logdir: str | Path, max_points: int = MAX_PROJECTOR_POINTS) -> Path:

@@ -69,6 +69,31 @@ def test_tensorboard_hparams_and_projector(built):
     assert list((tb / "projector").rglob("sprite.png"))
 
 
+def test_tensorboard_sessions_read_back_as_the_runs_recorded_them(built):
+    """Each HParams session, read by TensorBoard's own loader: the hparams, the final metrics, the
+    step curves (subsampled rows of the run's history) and the per-epoch metrics of its run.h5."""
+    import numpy as np
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from analysis.load import load_history
+    results, out, _ = built
+    paths = {p.parent.name: p for p in results.rglob("run.h5")}
+    session = sorted((out / "tensorboard" / "hparams").iterdir())[0]
+    acc = EventAccumulator(str(session))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    steps, epochs = load_history(paths[session.name]), load_history(paths[session.name], "epochs")
+    loss = acc.Scalars("step/loss")
+    assert [e.step for e in loss] == steps["step"].iloc[::max(1, len(steps) // len(loss))].tolist()[:len(loss)]
+    np.testing.assert_allclose([e.value for e in loss], steps.set_index("step").loc[[e.step for e in loss], "loss"],
+                               rtol=1e-6)
+    assert {"step/active_fraction", "step/pos_distance", "hparam/map_at_r"} <= tags
+    m = acc.Scalars("epoch/map_at_r")
+    assert [e.step for e in m] == epochs["epoch"].tolist()
+    np.testing.assert_allclose([e.value for e in m], epochs["map_at_r"], rtol=1e-6)
+    plugins = acc.PluginTagToContent("hparams")
+    assert {"_hparams_/experiment", "_hparams_/session_start_info", "_hparams_/session_end_info"} <= set(plugins)
+
+
 def test_cli_maps_flags_to_options(built, tmp_path, monkeypatch, capsys):
     results, _, result = built
     seen = {}

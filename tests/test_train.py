@@ -70,6 +70,10 @@ def test_tensorboard_events_read_back(finished):
     tags = acc.Tags()["scalars"]
     assert {"step/loss", "step/active_fraction", "epoch/knn1", "epoch/map_at_r"} <= set(tags)
     assert [e.step for e in acc.Scalars("epoch/knn1")] == [0, 1, 2, 3]
+    steps = store.read_run(store.run_path(out, run_id(cfg)))["history"]["steps"]
+    loss = acc.Scalars("step/loss")  # every step, as the run recorded it
+    assert [e.step for e in loss] == list(steps["step"])
+    np.testing.assert_allclose([e.value for e in loss], steps["loss"], rtol=1e-6)
     from tensorboard.plugins.hparams import plugin_data_pb2
     hp = EventAccumulator(str(tb / "hparams"))
     hp.Reload()

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from runner.config import flatten
+from runner.store import EventFile
 
 SPRITE_LIMIT_PX = 8192  # the projector rejects larger sprite sheets
 MAX_PROJECTOR_POINTS = 2000
@@ -29,26 +30,36 @@ def hparams(config: dict) -> dict:
     return {k: value(v) for k, v in flatten(config).items()}
 
 
+STEP_SCALARS = ("loss", "active_fraction", "pos_distance", "neg_distance", "embedding_norm", "lr")
+
+
 class TBLogger:
+    """Scalars through runner.store.EventFile (written in this thread, flushed after each call);
+    torch's SummaryWriter, opened on first use, for the HParams entry and the projector only."""
+
     def __init__(self, logdir: str | Path):
-        from torch.utils.tensorboard import SummaryWriter  # tensorboard costs seconds to import; few runs look
         self.logdir = Path(logdir)
-        self.writer = SummaryWriter(str(self.logdir))
+        self.events = EventFile(self.logdir)
+        self._writer = None
+
+    @property
+    def writer(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter  # tensorboard costs seconds to import; few runs look
+            self._writer = SummaryWriter(str(self.logdir))
+        return self._writer
 
     def log_steps(self, steps: dict, start: int) -> None:
-        """Per-step scalars from row `start` on (rows before were logged already)."""
+        """Per-step scalars from row `start` on (rows before were logged already), one event a step."""
         for i in range(start, len(steps["step"])):
-            step = steps["step"][i]
-            for key in ("loss", "active_fraction", "pos_distance", "neg_distance", "embedding_norm", "lr"):
-                value = steps[key][i]
-                if math.isfinite(value):
-                    self.writer.add_scalar(f"step/{key}", value, step)
+            self.events.scalars({f"step/{key}": steps[key][i] for key in STEP_SCALARS if math.isfinite(steps[key][i])},
+                                steps["step"][i])
+        self.events.flush()
 
     def log_epoch(self, row: dict) -> None:
-        for key, value in row.items():
-            if key != "epoch" and isinstance(value, float) and math.isfinite(value):
-                self.writer.add_scalar(f"epoch/{key}", value, row["epoch"])
-        self.writer.flush()
+        self.events.scalars({f"epoch/{key}": value for key, value in row.items()
+                             if key != "epoch" and isinstance(value, float) and math.isfinite(value)}, row["epoch"])
+        self.events.flush()
 
     def log_hparams(self, config: dict, metrics: dict, run_name: str, first: Sequence[str] = ()) -> None:
         """One HParams entry per run, so TensorBoard compares a whole grid in one table.
@@ -79,5 +90,6 @@ class TBLogger:
                                   global_step=0, tag="test_embeddings")
 
     def close(self) -> None:
-        self.writer.flush()
-        self.writer.close()
+        self.events.close()
+        if self._writer is not None:
+            self._writer.close()

@@ -1,0 +1,72 @@
+"""TensorBoard event files written synchronously: one file, one record per event, no writer thread.
+
+torch's SummaryWriter queues every scalar for a writer thread (10 slots) that frames it with a
+pure-Python CRC; a run's per-step scalars, or a report's 1,000 HParams sessions, then spend most
+of their time waiting on that queue. EventFile writes the same format in the caller's thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import struct
+import time
+from pathlib import Path
+
+
+class EventFile:
+    """One TensorBoard event file in `folder`, each event framed and written as it is added.
+
+    The file and record format are TensorBoard's own (tensorboard.summary.writer: the
+    "brain.Event:2" header event, then one TFRecord per Event: length, its masked CRC-32C,
+    the bytes, theirs), without its writer thread. A record's length repeats, so the CRC of
+    its 8 bytes is computed once per length (TensorBoard's CRC is pure Python).
+    """
+
+    _uid = itertools.count()
+    _headers: dict[int, bytes] = {}
+    """Record length -> its 8 bytes and their masked CRC (shared: lengths repeat across files)."""
+
+    def __init__(self, folder: Path):
+        # tensorboard (and its protobuf) costs about a second to import: only when logs are written
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.summary.writer.record_writer import masked_crc32c
+        self._event, self._summary, self._crc = event_pb2.Event, summary_pb2.Summary, masked_crc32c
+        folder.mkdir(parents=True, exist_ok=True)
+        # TensorBoard reads every file with "tfevents" in its name; the suffix keeps a SummaryWriter opened
+        # on the same folder in the same second (its own counter also starts at 0) from taking this name
+        name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}."
+                f"{next(self._uid)}.scalars")
+        self._file = open(folder / name, "wb")
+        self._write(self._event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def _write(self, event) -> None:
+        data = event.SerializeToString()
+        header = self._headers.get(len(data))
+        if header is None:
+            length = struct.pack("<Q", len(data))
+            header = self._headers[len(data)] = length + struct.pack("<I", self._crc(length))
+        self._file.write(header + data + struct.pack("<I", self._crc(data)))
+
+    def summary(self, summary, step: int = 0) -> None:
+        self._write(self._event(wall_time=time.time(), step=step, summary=summary))
+
+    def scalars(self, values: dict, step: int = 0) -> None:
+        """Several scalars at one step, in one event (TensorBoard shows each tag as its own curve); none: nothing."""
+        if values:
+            self.summary(self._summary(value=[self._summary.Value(tag=t, simple_value=float(v))
+                                        for t, v in values.items()]), int(step))
+
+    def flush(self) -> None:
+        """Hand what is written to the OS (a live TensorBoard then reads it)."""
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "EventFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
