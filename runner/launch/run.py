@@ -301,7 +301,7 @@ def record(run: Run, status: str, state: engine.TrainState, **extra) -> store.Ru
         last = max(state.snapshots)
         for split in state.snapshots[last]:  # train, test and the protocol's query/gallery
             part = getattr(splits, split)
-            rec.final[split] = {"embeddings": state.snapshots[last][split].numpy().astype("float32"),
+            rec.final[split] = {"embeddings": state.snapshots[last][split].numpy().astype("float32", copy=False),
                                 "labels": part.labels.numpy(), "index": part.index.numpy()}
         rec.epochs = {e: {s: v.numpy() for s, v in snap.items()} for e, snap in state.snapshots.items()}
     rec.data = {"class_names": splits.train.class_names, "family": splits.train.meta.get("family", ""),
