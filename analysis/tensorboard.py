@@ -27,9 +27,9 @@ import numpy as np
 import torch
 
 from runner.store import file_stamp
-from analysis.load import Runs, load_data_info, load_history, load_split_images
+from analysis.load import Runs, load_data_info, load_split_images
 from analysis.metrics import protocol_of
-from runner.store import METRIC_NAMES, EventFile, atomic_write, read_attrs, read_final
+from runner.store import METRIC_NAMES, EventFile, atomic_write, read_attrs, read_final, read_history
 
 SPRITE_LIMIT_PX = 8192
 MAX_PROJECTOR_POINTS = 1000
@@ -81,18 +81,19 @@ def _write_session(runs: Runs, run, folder: Path, scalars: bool, step_points: in
         for summary in tb_summary.hparams(hp, metrics):
             writer.summary(summary)
         writer.scalars(metrics)
-        if scalars:
-            steps = load_history(run["path"])
-            stride = max(1, len(steps) // step_points)  # TensorBoard samples anyway; keep files small
-            _write_rows(writer, steps.iloc[::stride], "step", [k for k in STEP_SCALARS if k in steps])
-            epochs = load_history(run["path"], "epochs")  # the runner's per-epoch metrics, by the same protocol
-            _write_rows(writer, epochs, "epoch", [m for m in METRIC_NAMES if m in epochs])
+        if scalars:  # the run's curves as it recorded them; steps thinned to step_points rows
+            steps = read_history(run["path"], "steps", ("step", *STEP_SCALARS), max_points=step_points)
+            _write_rows(writer, steps, "step")
+            _write_rows(writer, read_history(run["path"], "epochs", ("epoch", *METRIC_NAMES)), "epoch")
 
 
-def _write_rows(writer: EventFile, table, index: str, keys: list) -> None:
-    """One event per row of table: its finite values of keys as `index/key` scalars at step row[index]."""
-    for row in table[[index, *keys]].itertuples(index=False):
-        writer.scalars({f"{index}/{k}": float(v) for k, v in zip(keys, row[1:]) if np.isfinite(v)}, int(row[0]))
+def _write_rows(writer: EventFile, history: dict, index: str) -> None:
+    """One event per row of history (column -> array): its finite values as `index/column` scalars at step row[index]."""
+    if index not in history:
+        return
+    keys = [k for k in history if k != index]
+    for i, row in zip(history[index].tolist(), zip(*(history[k].tolist() for k in keys))):
+        writer.scalars({f"{index}/{k}": v for k, v in zip(keys, row) if math.isfinite(v)}, i)
 
 
 def write_projector(paths: dict, logdir: str | Path, max_points: int = MAX_PROJECTOR_POINTS) -> Path:

@@ -83,7 +83,8 @@ def test_tensorboard_sessions_read_back_as_the_runs_recorded_them(built):
     tags = set(acc.Tags()["scalars"])
     steps, epochs = load_history(paths[session.name]), load_history(paths[session.name], "epochs")
     loss = acc.Scalars("step/loss")
-    assert [e.step for e in loss] == steps["step"].iloc[::max(1, len(steps) // len(loss))].tolist()[:len(loss)]
+    every = loss[1].step - loss[0].step  # the run's steps thinned to at most 200 rows, evenly
+    assert 1 <= every <= max(1, len(steps) // 200 + 1) and [e.step for e in loss] == steps["step"].tolist()[::every]
     np.testing.assert_allclose([e.value for e in loss], steps.set_index("step").loc[[e.step for e in loss], "loss"],
                                rtol=1e-6)
     assert {"step/active_fraction", "step/pos_distance", "hparam/map_at_r"} <= tags

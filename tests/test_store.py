@@ -82,3 +82,25 @@ def test_failed_write_leaves_no_file(tmp_path):
     with pytest.raises(Exception):
         store.write_run(tmp_path / "run.h5", rec)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_event_file_is_read_back_by_tensorboard_with_its_checksums(tmp_path):
+    """runner.store.EventFile: TensorBoard's own loader (which checks both CRCs of every record)
+    reads back every scalar at its step; the C CRC equals TensorBoard's pure-Python one."""
+    import os
+    from tensorboard.backend.event_processing.event_file_loader import LegacyEventFileLoader
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as reference
+    from runner.store import EventFile
+    from runner.store.events import masked_crc32c
+    for n in (0, 1, 8, 31, 4096):
+        data = os.urandom(n)
+        assert masked_crc32c(data) == reference(data)
+    with EventFile(tmp_path) as f:
+        for step in range(30):
+            f.scalars({"step/loss": 1.0 / (step + 1), "step/lr": 0.5}, step)
+        f.scalars({}, 99)  # nothing to write: no event
+    (path,) = tmp_path.glob("events.out.tfevents.*")
+    events = list(LegacyEventFileLoader(str(path)).Load())  # the events as written, not migrated
+    assert events[0].file_version == "brain.Event:2" and len(events) == 31
+    loss = [(e.step, v.simple_value) for e in events[1:] for v in e.summary.value if v.tag == "step/loss"]
+    assert loss == [(s, pytest.approx(1.0 / (s + 1))) for s in range(30)]

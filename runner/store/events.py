@@ -14,14 +14,28 @@ import struct
 import time
 from pathlib import Path
 
+try:
+    from google_crc32c import value as _crc32c
+except ImportError:  # a C CRC-32C is an install dependency; TensorBoard's (pure Python) is 20x slower
+    _crc32c = None
+
+
+def masked_crc32c(data: bytes) -> int:
+    """The TFRecord checksum: CRC-32C of data, rotated right by 15 bits plus 0xA282EAD8 (mod 2^32)."""
+    if _crc32c is None:
+        from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as slow
+        return slow(data)
+    x = _crc32c(data)
+    return (((x >> 15) | (x << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
 
 class EventFile:
     """One TensorBoard event file in `folder`, each event framed and written as it is added.
 
     The file and record format are TensorBoard's own (tensorboard.summary.writer: the
     "brain.Event:2" header event, then one TFRecord per Event: length, its masked CRC-32C,
-    the bytes, theirs), without its writer thread. A record's length repeats, so the CRC of
-    its 8 bytes is computed once per length (TensorBoard's CRC is pure Python).
+    the bytes, theirs), without its writer thread. The CRC is google-crc32c's (C); TensorBoard's
+    own, pure Python, where that is not installed. TensorBoard's reader checks every CRC.
     """
 
     _uid = itertools.count()
@@ -31,8 +45,7 @@ class EventFile:
     def __init__(self, folder: Path):
         # tensorboard (and its protobuf) costs about a second to import: only when logs are written
         from tensorboard.compat.proto import event_pb2, summary_pb2
-        from tensorboard.summary.writer.record_writer import masked_crc32c
-        self._event, self._summary, self._crc = event_pb2.Event, summary_pb2.Summary, masked_crc32c
+        self._event, self._summary = event_pb2.Event, summary_pb2.Summary
         folder.mkdir(parents=True, exist_ok=True)
         # TensorBoard reads every file with "tfevents" in its name; the suffix keeps a SummaryWriter opened
         # on the same folder in the same second (its own counter also starts at 0) from taking this name
@@ -46,8 +59,8 @@ class EventFile:
         header = self._headers.get(len(data))
         if header is None:
             length = struct.pack("<Q", len(data))
-            header = self._headers[len(data)] = length + struct.pack("<I", self._crc(length))
-        self._file.write(header + data + struct.pack("<I", self._crc(data)))
+            header = self._headers[len(data)] = length + struct.pack("<I", masked_crc32c(length))
+        self._file.write(header + data + struct.pack("<I", masked_crc32c(data)))
 
     def summary(self, summary, step: int = 0) -> None:
         self._write(self._event(wall_time=time.time(), step=step, summary=summary))

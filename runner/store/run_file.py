@@ -13,7 +13,7 @@ import json
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Sequence
 
 import h5py
 import numpy as np
@@ -121,9 +121,12 @@ def _final(f: h5py.File) -> dict:
     return {split: {k: f[f"final/{split}/{k}"][()] for k in f[f"final/{split}"]} for split in f.get("final", {})}
 
 
-def _history(f: h5py.File, name: str) -> dict:
+def _history(f: h5py.File, name: str, columns: Optional[Sequence[str]] = None, max_points: Optional[int] = None) -> dict:
     g = f.get(f"history/{name}", {})
-    return {k: g[k][()] for k in g}
+    keys = [k for k in (g if columns is None else columns) if k in g]
+    rows = g[keys[0]].shape[0] if keys else 0
+    every = max(1, rows // max_points) if max_points else 1
+    return {k: g[k][::every] if every > 1 else g[k][()] for k in keys}
 
 
 def _stored_epochs(f: h5py.File) -> list[int]:
@@ -223,10 +226,15 @@ def read_epoch(path: str | Path, epoch: int) -> dict:
         return {s: {k: g[f"{s}/{k}"][()] for k in ("embeddings", "labels", "index")} for s in g if s in final}
 
 
-def read_history(path: str | Path, name: str = "steps") -> dict:
-    """column -> 1-D array of /history/steps (one value per optimiser step) or /history/epochs."""
+def read_history(path: str | Path, name: str = "steps", columns: Optional[Sequence[str]] = None,
+                 max_points: Optional[int] = None) -> dict:
+    """column -> 1-D array of /history/steps (one value per optimiser step) or /history/epochs.
+
+    columns: only these (those the run has); max_points: every k-th row, k = rows // max_points
+    (curves for a grid's logs), read as such from the file.
+    """
     with _open(path) as f:
-        return _history(f, name)
+        return _history(f, name, columns, max_points)
 
 
 def read_data_info(path: str | Path) -> dict:
