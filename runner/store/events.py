@@ -23,6 +23,7 @@ except ImportError:  # a C CRC-32C is an install dependency; TensorBoard's (pure
 def masked_crc32c(data: bytes) -> int:
     """The TFRecord checksum: CRC-32C of data, rotated right by 15 bits plus 0xA282EAD8 (mod 2^32)."""
     if _crc32c is None:
+        # TensorBoard's pure-Python CRC, only where google-crc32c is missing (tensorboard imports in ~1 s)
         from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c as slow
         return slow(data)
     x = _crc32c(data)
