@@ -71,18 +71,17 @@ def find_run_files(root: str | Path) -> list[Path]:
 
 
 def _read_row(path: Path) -> dict:
-    """Attributes and config of one file; raises CorruptRun or returns a row with status."""
-    status = store.run_status(path)
-    if status in (None, "corrupt"):
+    """Attributes and config of one file (one open); raises CorruptRun or returns a row with status."""
+    view = store.read_overview(path)
+    status, attrs, data = view["status"], view["attrs"], view["data"]
+    if status == "corrupt":
         raise store.CorruptRun(f"{path}: unreadable or truncated")
-    attrs = store.read_attrs(path)
     cfg = attrs.get("config")
     if not isinstance(cfg, dict):
         raise store.CorruptRun(f"{path}: no config")
     row = config_row(cfg)
     row["_config_keys"] = list(row)
     row["config_json"] = json.dumps(cfg, sort_keys=True)
-    data = store.read_data_info(path)
     row["family"] = str(data.get("family", cfg.get("data", {}).get("name", "")))
     row["n_classes"] = len(data["class_names"]) if "class_names" in data else np.nan
     protocol = protocol_of(attrs)
@@ -91,7 +90,7 @@ def _read_row(path: Path) -> dict:
     stored = attrs.get("metrics") if isinstance(attrs.get("metrics"), dict) else {}
     row.update({f"stored_{k}": float(stored[k]) for k in METRIC_NAMES if k in stored})
     row.update(run_id=attrs.get("run_id", path.parent.name), path=str(path), status=status,
-               has_final=store.has_final(path), n_steps=len(store.read_history(path, "steps").get("loss", ())),
+               has_final=view["has_final"], n_steps=view["n_steps"],
                epochs_run=attrs.get("epochs_run", np.nan),
                train_time_s=attrs.get("train_time_s", np.nan), error=attrs.get("error", ""))
     return row

@@ -2,7 +2,7 @@
 
 `write_run` writes a RunRecord through atomic_path, so a run.h5 is either absent or
 complete. `read_run` and the partial readers (read_attrs, read_final, stored_epochs,
-read_epoch, read_history, read_data_info, has_final) verify what they open; they are
+read_epoch, read_history, read_data_info, has_final, read_overview) verify what they open; they are
 the only code that knows the paths inside the file. The names of the metrics and of
 the per-step columns a run.h5 holds are defined here, once.
 """
@@ -192,6 +192,21 @@ def run_summary(path: str | Path) -> tuple[Optional[str], dict]:
         return None, {}
     except (OSError, KeyError, ValueError):
         return ("corrupt" if Path(path).exists() else None), {}
+
+
+def read_overview(path: str | Path) -> dict:
+    """A results table's view of one run.h5, from one open: status (as run_status), attrs (as read_attrs),
+    data (as read_data_info), has_final and n_steps (rows of /history/steps, none read).
+
+    An unreadable or absent file raises CorruptRun.
+    """
+    with _open(path) as f:
+        attrs = _decode_attrs(f)
+        complete = not _missing(f)
+        status = attrs.get("status", "corrupt")
+        loss = f.get("history/steps/loss")
+        return {"status": "corrupt" if status == "completed" and not complete else status, "attrs": attrs,
+                "data": _data(f), "has_final": complete, "n_steps": 0 if loss is None else loss.shape[0]}
 
 
 def read_run(path: str | Path, epochs: bool = False) -> dict:
