@@ -127,9 +127,10 @@ def _failed_before_start(run: Run, out: str | Path, exc: ConfigError, retry_fail
 
 def _train(run: Run, device: torch.device, progress: bool, stop_after_epochs: Optional[int],
            on_epoch: Optional[OnEpoch], record_stopped: bool) -> dict:
-    run.attrs = {"seed": run.cfg.seed, "start_time": _now(), **provenance(run.env, device, run.dir.parent.parent)}
+    run.attrs = {"seed": run.cfg.seed, "start_time": _now()}
     state, logger, lines = engine.TrainState(), None, None
     try:
+        run.attrs.update(provenance(run.env, device, run.dir.parent.parent))  # a full disk here fails the run too
         parts, state = setup(run, device)
         if run.env.is_main:
             logger = TBLogger(run.dir / "tb")
