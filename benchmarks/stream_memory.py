@@ -1,17 +1,17 @@
 """Stream mode's memory and speed: peak RSS of jobs/sop.yaml runs over 30k / 60k / 120k generated images,
-and samples/s of memory vs stream-from-HDF5 vs stream-from-JPEG with 0 and 2 workers.
+and samples/s of memory vs stream-from-HDF5 vs stream-from-JPEG with 0, 2 and 4 workers.
 
     python benchmarks/stream_memory.py                      # both parts (minutes on 2 cores)
     python benchmarks/stream_memory.py --part rss --sizes 30000 120000
     python benchmarks/stream_memory.py --part speed --size 64
     python benchmarks/stream_memory.py --quick              # seconds: code path only (tests)
 
-rss: a Stanford-Online-Products-layout set of tiny JPEGs per size (benchmarks/image_sets.py: a
-few encoded images whose bytes are reused), then `python -m runner.train jobs/sop.yaml` in a
-subprocess: one epoch of --steps steps (train.steps_per_epoch), CPU, a small trunk and image
-size (resnet50 at 224 px is days per epoch on 2 cores; the input pipeline's memory does not
-depend on the trunk). Every 0.2 s the RSS
-of the run's process tree (trainer + DataLoader workers) is summed, and so is its PSS; the peaks
+rss: a Stanford-Online-Products-layout set of tiny JPEGs per size (benchmarks/image_sets.py: each
+product its own look, a pattern and a colour cast, shifted and noised per image), then
+`python -m runner.train jobs/sop.yaml` in a subprocess: one epoch of --steps steps
+(train.steps_per_epoch), CPU, a small trunk and image size (resnet50 at 224 px is days per epoch
+on 2 cores; the input pipeline's memory does not depend on the trunk). Every 0.2 s the RSS of
+the run's process tree (trainer + DataLoader workers) is summed, and so is its PSS; the peaks
 are reported, with what memory mode would have to hold for the same set decoded at 224 px. The
 sum of RSS counts pages the forked workers share with the trainer once per process (an upper
 bound); PSS shares them out (the footprint).
@@ -109,7 +109,8 @@ def rss_part(tmp: Path, args) -> list[dict]:
 def speed_part(tmp: Path, args) -> list[dict]:
     folder, h5 = make_sets(tmp, args.classes, args.per_class, 256 if not args.quick else 32)
     rows = []
-    for source, workers in (("memory", 0), ("stream-h5", 0), ("stream-h5", 2), ("stream-jpeg", 0), ("stream-jpeg", 2)):
+    worker_counts = (0, 2) if args.quick else (0, 2, 4)
+    for source, workers in [("memory", 0)] + [(s, w) for s in ("stream-h5", "stream-jpeg") for w in worker_counts]:
         args.workers = workers
         train, evaluate = measure(row_config(source, folder, h5, args.size, False, args), tmp / f"runs-{len(rows)}")
         rows.append({"source": source, "workers": workers, "train": train, "eval": evaluate})
