@@ -303,7 +303,11 @@ def test_disk_full_while_saving_the_diff_fails_the_run_with_its_reason(tmp_path,
     """A checkout with uncommitted changes stores its diff before training: ENOSPC there is a failed run too."""
     from runner.launch import provenance
     cfg = reference[0]
-    monkeypatch.setattr(provenance, "_diff", lambda: "diff --git a/x b/x\n+a change\n")
+
+    def dirty():
+        return "diff --git a/x b/x\n+a change\n"
+
+    monkeypatch.setattr(provenance, "_diff", dirty)
 
     def full(tmp, final):
         raise OSError(28, "No space left on device")
@@ -313,7 +317,7 @@ def test_disk_full_while_saving_the_diff_fails_the_run_with_its_reason(tmp_path,
     assert result["status"] == "failed" and "No space left on device" in result["error"]
     assert not list((tmp_path / "provenance").glob("*.diff"))  # nothing half-written
     monkeypatch.undo()
-    monkeypatch.setattr(provenance, "_diff", lambda: "diff --git a/x b/x\n+a change\n")
+    monkeypatch.setattr(provenance, "_diff", dirty)
     assert run_one(cfg, tmp_path, progress=False)["status"] == "completed"
     assert store.read_attrs(store.run_path(tmp_path, run_id(cfg)))["diff_sha256"]
 

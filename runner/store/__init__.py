@@ -7,8 +7,8 @@ from runner.store.events import EventFile
 from runner.store.catalog import index_run, refresh as refresh_catalog
 from runner.store.run_file import (EPOCH_TIMING_KEYS, FORMAT_VERSION, METRIC_NAMES, REQUIRED, STEP_KEYS, CorruptRun,
                                    RunRecord, epoch_group, has_final, read_attrs, read_data_info, read_epoch,
-                                   read_final, read_history, read_overview, read_run, run_status, run_summary, stored_epochs,
-                                   write_run)
+                                   read_final, read_history, read_overview, read_run, run_status, run_summary,
+                                   stored_epochs, write_run)
 
 __all__ = ["EPOCH_TIMING_KEYS", "FORMAT_VERSION", "METRIC_NAMES", "MIN_FREE_BYTES", "REQUIRED", "STEP_KEYS",
            "CorruptRun", "EventFile", "RunLocked", "RunRecord", "atomic_path", "atomic_write", "check_writable", "epoch_group",

@@ -2,8 +2,8 @@
 
 `write_run` writes a RunRecord through atomic_path, so a run.h5 is either absent or
 complete. `read_run` and the partial readers (read_attrs, read_final, stored_epochs,
-read_epoch, read_history, read_data_info, has_final, read_overview) verify what they open; they are
-the only code that knows the paths inside the file. The names of the metrics and of
+read_epoch, read_history, read_data_info, has_final, read_overview) verify what they open;
+they are the only code that knows the paths inside the file. The names of the metrics and of
 the per-step columns a run.h5 holds are defined here, once.
 """
 
@@ -161,16 +161,14 @@ def _decode_attrs(f: h5py.File) -> dict:
 
 
 def run_status(path: str | Path) -> Optional[str]:
-    """completed / failed / stopped, 'corrupt' for an unreadable file, None when absent."""
-    if not Path(path).exists():
-        return None
-    try:
-        attrs = read_attrs(path)
-        if attrs.get("status") == "completed" and not has_final(path):
-            return "corrupt"
-        return attrs.get("status", "corrupt")
-    except CorruptRun:
-        return "corrupt"
+    """completed / failed / stopped, 'corrupt' for an unreadable file, None when absent (not opened)."""
+    return run_summary(path)[0] if Path(path).exists() else None
+
+
+def _status(f: h5py.File, attrs: dict) -> str:
+    """The recorded status; 'corrupt' when it is missing, or 'completed' without the parts in REQUIRED."""
+    status = attrs.get("status", "corrupt")
+    return "corrupt" if status == "completed" and _missing(f) else status
 
 
 def has_final(path: str | Path) -> bool:
@@ -184,10 +182,7 @@ def run_summary(path: str | Path) -> tuple[Optional[str], dict]:
     try:
         with h5py.File(path, "r") as f:
             attrs = _decode_attrs(f)
-            status = attrs.get("status", "corrupt")
-            if status == "completed" and any(k not in f for k in REQUIRED):
-                status = "corrupt"
-            return status, attrs
+            return _status(f, attrs), attrs
     except FileNotFoundError:
         return None, {}
     except (OSError, KeyError, ValueError):
@@ -202,11 +197,9 @@ def read_overview(path: str | Path) -> dict:
     """
     with _open(path) as f:
         attrs = _decode_attrs(f)
-        complete = not _missing(f)
-        status = attrs.get("status", "corrupt")
         loss = f.get("history/steps/loss")
-        return {"status": "corrupt" if status == "completed" and not complete else status, "attrs": attrs,
-                "data": _data(f), "has_final": complete, "n_steps": 0 if loss is None else loss.shape[0]}
+        return {"status": _status(f, attrs), "attrs": attrs, "data": _data(f), "has_final": not _missing(f),
+                "n_steps": 0 if loss is None else loss.shape[0]}
 
 
 def read_run(path: str | Path, epochs: bool = False) -> dict:
