@@ -75,7 +75,7 @@ PROJECTION_VERSION = 2
 
 
 def project_run(path: str, method: str, epochs=None, max_points: int = MAX_POINTS, seed: int = 0,
-                cache_dir: Optional[Path] = None) -> dict:
+                cache_dir: Optional[Path] = None, threads: int = 0) -> dict:
     """{epoch: {"train": (xy, labels), "test": (xy, labels)}} for the first and last stored epochs.
 
     With cache_dir, each epoch's projection is kept in cache_dir/projections/ under
@@ -102,7 +102,7 @@ def project_run(path: str, method: str, epochs=None, max_points: int = MAX_POINT
                 out[epoch] = {split: (z[f"{split}_xy"], z[f"{split}_labels"]) for split in ("train", "test")
                               if f"{split}_xy" in z}
             continue
-        out[epoch] = _project_epoch(path, epoch, method, max_points, seed)
+        out[epoch] = _project_epoch(path, epoch, method, max_points, seed, threads)
         if cached is not None:
             buf = io.BytesIO()
             np.savez(buf, **{f"{s}_{k}": v for s, (xy, lab) in out[epoch].items() for k, v in (("xy", xy), ("labels", lab))})
@@ -110,7 +110,7 @@ def project_run(path: str, method: str, epochs=None, max_points: int = MAX_POINT
     return out
 
 
-def _project_epoch(path: str, epoch: int, method: str, max_points: int, seed: int) -> dict:
+def _project_epoch(path: str, epoch: int, method: str, max_points: int, seed: int, threads: int = 0) -> dict:
     """One epoch's train and test embeddings, subsampled per class and projected on one map."""
     snap = read_epoch(path, epoch)
     parts, labels, rows = [], {}, {}
@@ -122,7 +122,7 @@ def _project_epoch(path: str, epoch: int, method: str, max_points: int, seed: in
         rows[split] = subsample(snap[split]["labels"], share, seed)
         labels[split] = snap[split]["labels"][rows[split]]
         parts.append(snap[split]["embeddings"][rows[split]])
-    xy = project(np.concatenate(parts), method, seed)
+    xy = project(np.concatenate(parts), method, seed, threads)
     start, out = 0, {}
     for split in rows:
         out[split] = (xy[start:start + len(rows[split])], labels[split])

@@ -24,7 +24,8 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from analysis import baselines, hierarchy, openset, questions, render, search, tables
-from analysis.embeddings import project_run
+from analysis.background import in_background, timed_call
+from analysis.embeddings import cores, project_run
 from analysis.cache import StampedCache
 from runner.store import file_stamp
 from analysis.load import METRIC_LABELS, Runs, load_runs
@@ -72,6 +73,8 @@ class Results:
     timings: dict = field(default_factory=dict)
     search: Optional[search.Search] = None
     """The runner.tune search the results directory holds (the search deck), or None (the grid deck)."""
+    cache_dir: Optional[Path] = None
+    """Where this report's caches are (cache_location)."""
 
 
 @contextmanager
@@ -113,6 +116,7 @@ def cache_location(results_dir: str | Path, out: Path, opts: Options) -> Path:
 
 
 def analyse(results_dir: str | Path, out: Path, opts: Options) -> Results:
+    """Tables, baselines, hierarchy and the chosen runs; the projections are _build's (beside TensorBoard)."""
     timings: dict = {}
     found = search.find_search(results_dir)  # a runner.tune results directory: the search deck
     root = found.runs_root if found else results_dir
@@ -135,12 +139,10 @@ def analyse(results_dir: str | Path, out: Path, opts: Options) -> Results:
     with timed(timings, "openset_s"):
         picks = pd.DataFrame([r for k, r in chosen.items() if k.startswith("best_")]).drop_duplicates("run_id")
         open_table, open_detail = openset.openset_table(picks)
-    res = Results(runs, configs, base, paired, hier, open_table, chosen, timings=timings)
+    res = Results(runs, configs, base, paired, hier, open_table, chosen, timings=timings, cache_dir=cache_dir)
     res.details["openset"] = open_detail
     res.details["hierarchy_best"] = hierarchy.run_hierarchy(chosen["best"]["path"])
     res.details["hierarchy_pixels"] = hierarchy.pixel_agreement(chosen["best"]["path"]) if opts.baselines else None
-    with timed(timings, "projections_s"):
-        res.projections = project_chosen(chosen, opts, cache_dir)
     return res
 
 
@@ -152,11 +154,8 @@ def analyse_search(runs: Runs, found: search.Search, opts: Options, cache_dir: P
         best = runs.table[(runs.table["run_id"] == str(found.best["run_id"])) & runs.table["has_final"].astype(bool)]
         if len(best):
             chosen = {"best": best.iloc[0]}  # chosen on validation, never on the test metrics of the table
-    res = Results(runs, configs, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), chosen,
-                  timings=timings, search=found)
-    with timed(timings, "projections_s"):
-        res.projections = project_chosen(chosen, opts, cache_dir)
-    return res
+    return Results(runs, configs, pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), pd.DataFrame(), chosen,
+                   timings=timings, search=found, cache_dir=cache_dir)
 
 
 HIERARCHY_KEYS = ("cophenetic_r", "hierarchy_r", "hierarchy_p", "within_between")
@@ -176,17 +175,21 @@ def agreement_table(table: pd.DataFrame, cache_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def project_chosen(chosen: dict, opts: Options, cache_dir: Path) -> dict:
+def project_chosen(chosen: dict, opts: Options, cache_dir: Path, core_taken=lambda: False) -> dict:
     """method -> projection of the best run (epoch 0 and final); 'dim2' -> the d=2 run as it is.
 
     Projections are cached in cache_dir (per run_id, epoch, method, point cap): a second
-    report over the same results draws them without fitting t-SNE or UMAP again.
+    report over the same results draws them without fitting t-SNE or UMAP again. UMAP (one
+    thread) goes first, while core_taken() may say another process holds a core; t-SNE then
+    runs on the cores left.
     """
-    out = {}
-    for method in opts.methods:
+    out = dict.fromkeys(opts.methods)
+    for method in sorted(opts.methods, key=lambda m: m != "umap"):
         try:
-            out[method] = project_run(chosen["best"]["path"], method, max_points=opts.max_points, cache_dir=cache_dir)
+            out[method] = project_run(chosen["best"]["path"], method, max_points=opts.max_points, cache_dir=cache_dir,
+                                      threads=max(1, cores() - core_taken()))
         except ImportError as exc:  # umap-learn is an optional extra
+            del out[method]
             warnings.warn(f"{method} projection skipped: {exc}")
     if "dim2" in chosen:
         out["dim2"] = project_run(chosen["dim2"]["path"], "tsne", max_points=opts.max_points, cache_dir=cache_dir)
@@ -237,11 +240,25 @@ def deck_stamp(res: Results, slides: list, opts: Options) -> str:
     return h.hexdigest()
 
 
+def projector_picks(chosen: dict) -> dict:
+    """Projector entries: one per chosen run, named by its first role."""
+    picks = {}
+    for role, row in chosen.items():
+        if row["path"] not in picks.values():
+            picks[f"{role} {row['config_label']}"] = row["path"]
+    return picks
+
+
 def _build(results_dir, out: Path, opts: Options) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     res = analyse(results_dir, out, opts)
     timings = res.timings
+    tensorboard = (in_background(timed_call, write_tensorboard, res.runs, out / "tensorboard", projector_picks(res.chosen))
+                   if opts.tensorboard else None)
+    with timed(timings, "projections_s"):
+        res.projections = project_chosen(res.chosen, opts, res.cache_dir,
+                                         core_taken=lambda: tensorboard is not None and not tensorboard.done())
     with timed(timings, "tables_write_s"):
         table_paths = write_tables(res, out, opts.metric)
     with timed(timings, "slides_s"):
@@ -253,13 +270,9 @@ def _build(results_dir, out: Path, opts: Options) -> dict:
         if timings["slides_redrawn"]:  # drawing is most of a warm report: only when something changed
             pdf, md = render.write_slides(slides, out)
             atomic_write(stamp_path, stamp)
-    if opts.tensorboard:
-        with timed(timings, "tensorboard_s"):
-            picks = {}
-            for role, row in res.chosen.items():  # one projector entry per run, named by its first role
-                if row["path"] not in picks.values():
-                    picks[f"{role} {row['config_label']}"] = row["path"]
-            write_tensorboard(res.runs, out / "tensorboard", picks)
+    if tensorboard is not None:
+        with timed(timings, "tensorboard_wait_s"):
+            timings["tensorboard_s"], timings["cpu"]["tensorboard_s"] = tensorboard.result()
     timings["total_s"] = round(time.perf_counter() - t0, 2)
     timings["total_cpu_s"] = round(sum(timings["cpu"].values()), 2)
     timings["n_runs"] = len(res.runs.table)

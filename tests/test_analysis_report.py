@@ -1,12 +1,14 @@
 """python -m analysis.report end to end on a small grid of fake runs: PDF pages, figures, Marp, tables, TensorBoard."""
 
+import os
 import re
 import warnings
 
 import pandas as pd
 import pytest
 
-from analysis import report
+from analysis import background, report
+from analysis.embeddings import cores
 from analysis.render import count_pdf_pages
 from tests.test_analysis import baseline_cache, shared_grid
 
@@ -111,3 +113,16 @@ def test_cli_maps_flags_to_options(built, tmp_path, monkeypatch, capsys):
     assert opts.max_points == 2000 and opts.metric == "knn1" and opts.k == 3  # projections capped at 2,000 points
     text = capsys.readouterr().out
     assert "10 slides" in text and "total_s=" in text
+
+
+def test_work_in_background_gives_its_result_or_its_error_from_another_process():
+    pid = background.in_background(os.getpid).result()
+    assert (pid != os.getpid()) == (cores() > 1)  # forked where there is a core to run it on
+    with pytest.raises(ZeroDivisionError):
+        background.in_background(divmod, 1, 0).result()
+
+
+def test_timings_count_the_tensorboard_process(built):
+    timings = built[2]["timings"]
+    assert timings["tensorboard_s"] > 0 and timings["cpu"]["tensorboard_s"] > 0
+    assert timings["total_cpu_s"] >= timings["cpu"]["tensorboard_s"]

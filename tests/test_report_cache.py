@@ -4,6 +4,7 @@ on unchanged results and redone for a run that is added or rerun."""
 import shutil
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,10 +96,21 @@ def test_a_warm_report_fits_and_draws_nothing_and_a_rerun_redraws(results, tmp_p
     assert not warm["timings"]["slides_redrawn"] and warm["slides"] == cold["slides"]
     assert (out / "report.pdf").read_bytes() == pdf_bytes and len(warm["figures"]) == len(cold["figures"])
     monkeypatch.undo()
-    sessions = []
-    real = tensorboard._write_session
-    monkeypatch.setattr(tensorboard, "_write_session", lambda *a: sessions.append(a[1]["run_id"]) or real(*a))
+    written = session_files(out)
     cfg = grid_configs()[0]
     rerun(store.run_path(results, fake_record(cfg).run_id), cfg)
     again = quiet(report.build_report, results, out, opts)
-    assert again["timings"]["slides_redrawn"] and sessions == [fake_record(cfg).run_id]
+    rewritten = {rid for rid, files in session_files(out).items() if files != written.get(rid)}
+    assert again["timings"]["slides_redrawn"] and rewritten == {fake_record(cfg).run_id}
+
+
+def session_files(out: Path) -> dict:
+    """run_id -> {file: (mtime_ns, size)} of its HParams session (TensorBoard may write it in another process)."""
+    return {folder.name: {f.name: (f.stat().st_mtime_ns, f.stat().st_size) for f in folder.iterdir()}
+            for folder in (out / "tensorboard" / "hparams").iterdir() if folder.is_dir()}
+
+
+def test_tsne_gives_the_same_map_on_one_core_or_two():
+    """The report fits t-SNE on the cores another process leaves it; the cache key has no thread count."""
+    emb = np.random.default_rng(0).normal(size=(300, 8))
+    assert np.array_equal(embeddings.project(emb, "tsne", threads=1), embeddings.project(emb, "tsne", threads=2))
