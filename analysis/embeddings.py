@@ -83,9 +83,7 @@ def project_run(path: str, method: str, epochs=None, max_points: int = MAX_POINT
     read back the next time without opening the run.h5 (the first and last stored epochs are
     the cached ones); a run that is rerun has another stamp, so it is projected again.
     """
-    stamp = hashlib.sha1(file_stamp(path).encode()).hexdigest()[:10] if cache_dir is not None else ""
-    folder = Path(cache_dir) / "projections" if cache_dir is not None else None
-    key = f"{Path(path).parent.name}-{stamp}-{method}-n{max_points}-s{seed}-v{PROJECTION_VERSION}"
+    folder, key = _cache_key(path, method, max_points, seed, cache_dir)
     listing = folder / f"{key}-epochs.json" if folder is not None else None
     if epochs is None and listing is not None and listing.exists():
         epochs = json.loads(listing.read_text())  # which epochs are first and last, without opening the run.h5
@@ -108,6 +106,27 @@ def project_run(path: str, method: str, epochs=None, max_points: int = MAX_POINT
             np.savez(buf, **{f"{s}_{k}": v for s, (xy, lab) in out[epoch].items() for k, v in (("xy", xy), ("labels", lab))})
             atomic_write(cached, buf.getvalue())
     return out
+
+
+def _cache_key(path: str, method: str, max_points: int, seed: int, cache_dir: Optional[Path]) -> tuple:
+    """(cache_dir/projections or None, the file-name stem of this run's projections)."""
+    stamp = hashlib.sha1(file_stamp(path).encode()).hexdigest()[:10] if cache_dir is not None else ""
+    folder = Path(cache_dir) / "projections" if cache_dir is not None else None
+    return folder, f"{Path(path).parent.name}-{stamp}-{method}-n{max_points}-s{seed}-v{PROJECTION_VERSION}"
+
+
+def is_projected(path: str, method: str, max_points: int = MAX_POINTS, seed: int = 0,
+                 cache_dir: Optional[Path] = None) -> bool:
+    """Whether project_run would read every epoch from cache_dir (fit nothing)."""
+    folder, key = _cache_key(path, method, max_points, seed, cache_dir)
+    if folder is None or not (folder / f"{key}-epochs.json").exists():
+        return False
+    return all((folder / f"{key}-e{e}.npz").exists() for e in json.loads((folder / f"{key}-epochs.json").read_text()))
+
+
+def warm_up(method: str) -> None:
+    """Import and compile what `method` needs (UMAP: numba compiles for ~15 s per process), on 60 random points."""
+    project(np.random.default_rng(0).normal(size=(60, 4)), method, threads=1)
 
 
 def _project_epoch(path: str, epoch: int, method: str, max_points: int, seed: int, threads: int = 0) -> dict:

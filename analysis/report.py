@@ -14,7 +14,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +23,11 @@ import pandas as pd
 from threadpoolctl import threadpool_limits
 
 from analysis import baselines, hierarchy, openset, questions, render, search, tables
-from analysis.background import in_background, timed_call
-from analysis.embeddings import cores, project_run
+from analysis.background import Worker, project_and_log
+from analysis.embeddings import warm_up
 from analysis.cache import StampedCache
 from runner.store import file_stamp
 from analysis.load import METRIC_LABELS, Runs, load_runs
-from analysis.tensorboard import write_tensorboard
 from runner.store import METRIC_NAMES, atomic_write
 
 
@@ -175,27 +173,6 @@ def agreement_table(table: pd.DataFrame, cache_dir: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def project_chosen(chosen: dict, opts: Options, cache_dir: Path, core_taken=lambda: False) -> dict:
-    """method -> projection of the best run (epoch 0 and final); 'dim2' -> the d=2 run as it is.
-
-    Projections are cached in cache_dir (per run_id, epoch, method, point cap): a second
-    report over the same results draws them without fitting t-SNE or UMAP again. UMAP (one
-    thread) goes first, while core_taken() may say another process holds a core; t-SNE then
-    runs on the cores left.
-    """
-    out = dict.fromkeys(opts.methods)
-    for method in sorted(opts.methods, key=lambda m: m != "umap"):
-        try:
-            out[method] = project_run(chosen["best"]["path"], method, max_points=opts.max_points, cache_dir=cache_dir,
-                                      threads=max(1, cores() - core_taken()))
-        except ImportError as exc:  # umap-learn is an optional extra
-            del out[method]
-            warnings.warn(f"{method} projection skipped: {exc}")
-    if "dim2" in chosen:
-        out["dim2"] = project_run(chosen["dim2"]["path"], "tsne", max_points=opts.max_points, cache_dir=cache_dir)
-    return out
-
-
 def write_tables(res: Results, out: Path, metric: str) -> list[Path]:
     """tables/accuracy, paired, hierarchy, openset, baselines, runs, skipped as CSV (+ md, tex)."""
     tdir = out / "tables"
@@ -240,25 +217,24 @@ def deck_stamp(res: Results, slides: list, opts: Options) -> str:
     return h.hexdigest()
 
 
-def projector_picks(chosen: dict) -> dict:
-    """Projector entries: one per chosen run, named by its first role."""
-    picks = {}
-    for role, row in chosen.items():
-        if row["path"] not in picks.values():
-            picks[f"{role} {row['config_label']}"] = row["path"]
-    return picks
-
-
 def _build(results_dir, out: Path, opts: Options) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    res = analyse(results_dir, out, opts)
+    worker = Worker() if "umap" in opts.methods and Worker.possible() else None
+    try:
+        if worker is not None:
+            worker.submit(warm_up, "umap")  # compiles while this process reads the runs
+        res = analyse(results_dir, out, opts)
+        return _draw(res, out, opts, worker, t0)
+    finally:
+        if worker is not None:
+            worker.stop()
+
+
+def _draw(res: Results, out: Path, opts: Options, worker: Optional[Worker], t0: float) -> dict:
     timings = res.timings
-    tensorboard = (in_background(timed_call, write_tensorboard, res.runs, out / "tensorboard", projector_picks(res.chosen))
-                   if opts.tensorboard else None)
     with timed(timings, "projections_s"):
-        res.projections = project_chosen(res.chosen, opts, res.cache_dir,
-                                         core_taken=lambda: tensorboard is not None and not tensorboard.done())
+        res.projections, tensorboard = project_and_log(res, opts, out, worker)
     with timed(timings, "tables_write_s"):
         table_paths = write_tables(res, out, opts.metric)
     with timed(timings, "slides_s"):
@@ -270,9 +246,9 @@ def _build(results_dir, out: Path, opts: Options) -> dict:
         if timings["slides_redrawn"]:  # drawing is most of a warm report: only when something changed
             pdf, md = render.write_slides(slides, out)
             atomic_write(stamp_path, stamp)
-    if tensorboard is not None:
+    if opts.tensorboard:
         with timed(timings, "tensorboard_wait_s"):
-            timings["tensorboard_s"], timings["cpu"]["tensorboard_s"] = tensorboard.result()
+            timings["tensorboard_s"], timings["cpu"]["tensorboard_s"] = tensorboard()
     timings["total_s"] = round(time.perf_counter() - t0, 2)
     timings["total_cpu_s"] = round(sum(timings["cpu"].values()), 2)
     timings["n_runs"] = len(res.runs.table)

@@ -2,13 +2,13 @@
 
 import os
 import re
+import time
 import warnings
 
 import pandas as pd
 import pytest
 
 from analysis import background, report
-from analysis.embeddings import cores
 from analysis.render import count_pdf_pages
 from tests.test_analysis import baseline_cache, shared_grid
 
@@ -115,11 +115,20 @@ def test_cli_maps_flags_to_options(built, tmp_path, monkeypatch, capsys):
     assert "10 slides" in text and "total_s=" in text
 
 
-def test_work_in_background_gives_its_result_or_its_error_from_another_process():
-    pid = background.in_background(os.getpid).result()
-    assert (pid != os.getpid()) == (cores() > 1)  # forked where there is a core to run it on
-    with pytest.raises(ZeroDivisionError):
-        background.in_background(divmod, 1, 0).result()
+def test_a_worker_runs_calls_in_order_in_another_process_and_hands_back_their_errors():
+    worker = background.Worker()
+    try:
+        first, failing, last = worker.submit(os.getpid), worker.submit(divmod, 1, 0), worker.submit(divmod, 7, 2)
+        assert worker.result(last) == (3, 1)  # the calls before it are received on the way
+        assert worker.result(first) != os.getpid() and not worker.busy()
+        with pytest.raises(ZeroDivisionError):
+            worker.result(failing)
+        worker.submit(time.sleep, 30)
+        assert worker.busy()
+    finally:
+        t0 = time.perf_counter()
+        worker.stop()
+    assert time.perf_counter() - t0 < 10 and worker._proc.exitcode is not None  # stopped, not waited for
 
 
 def test_timings_count_the_tensorboard_process(built):
