@@ -37,7 +37,7 @@ from runner.data.image_set import ImageSet  # noqa: E402
 from runner.data.packed import write_pack  # noqa: E402
 from runner.launch.run import run_one  # noqa: E402
 from runner.spec import resolve  # noqa: E402
-from runner.training.engine import AUTO_EVAL_MAX_IMAGES, evaluated  # noqa: E402
+from runner.training.engine import evaluated  # noqa: E402
 
 
 def make_set(n: int, n_classes: int = 10, side: int = 28, seed: int = 0) -> ImageSet:
@@ -97,7 +97,7 @@ def project(one: dict, args) -> None:
     evals = len(one["evaluated"])
     eval_s, train_s = one["eval_s"] / evals, one["train_s"]
     fixed = one["wall_s"] - one["train_s"] - one["eval_s"]
-    every = args.eval_every or (1 if args.n <= AUTO_EVAL_MAX_IMAGES else 5)  # auto, with save_every 5
+    every = args.eval_every or 5  # auto: the stored epochs (save_every 5)
     print(f"{args.n} images, measured on one epoch ({args.threads} threads): train {train_s:.1f} s/epoch, "
           f"evaluation {eval_s:.1f} s each, fixed {fixed:.1f} s; projected to {args.project} epochs:")
     shares = {}

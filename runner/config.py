@@ -206,9 +206,11 @@ class TrainConfig:
     """Store train/test embeddings every this many epochs (epoch 0 and the last are always stored)."""
     eval_every: int = 0
     """Evaluate (embed the splits, score the metrics) every this many epochs; epoch 0, the last
-    epoch and every stored epoch (save_every) are always evaluated. 0 (auto): every epoch when
-    the splits hold at most 20,000 images, else only those epochs (scoring a 70k set costs
-    about as much as an epoch of training). Training and the per-step curves do not depend on it."""
+    epoch and every stored epoch (save_every) are always evaluated. 0 (auto): only those epochs
+    (what run.h5 stores and the report draws), except in a Tune search, whose scheduler decides on
+    every epoch's scores: there every epoch while the splits hold at most 20,000 images (scoring a
+    70k set costs about as much as an epoch of training). 1: per-epoch metric curves. Training,
+    the per-step curves and the stored embeddings do not depend on it."""
     device: str = "auto"
     """auto (cuda when available), cpu or cuda."""
     amp: bool = False

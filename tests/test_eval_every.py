@@ -16,17 +16,29 @@ def test_evaluated_epochs_rule():
     assert picked == [0, 3, 5, 6, 9, 10, 12]  # epoch 0, every 3rd, every stored (5th), the last
 
 
-def test_auto_eval_every_follows_the_size_of_the_splits(monkeypatch):
+def test_auto_eval_every_scores_the_stored_epochs_and_every_epoch_for_a_small_search(monkeypatch):
     from types import SimpleNamespace
     from runner.training import engine
     t = resolve(tiny_layer(save_every=4)).train
     assert t.eval_every == 0  # the default: auto
     splits = SimpleNamespace(train=range(900), test=range(100), val=None)
+    assert engine.eval_interval(t, splits) == 4  # a plain run: the stored epochs only
     monkeypatch.setattr(engine, "AUTO_EVAL_MAX_IMAGES", 1000)
-    assert engine.eval_interval(t, splits) == 1
+    assert engine.eval_interval(t, splits, scored_every_epoch=True) == 1  # a scheduler reads every epoch
     monkeypatch.setattr(engine, "AUTO_EVAL_MAX_IMAGES", 999)
-    assert engine.eval_interval(t, splits) == 4  # large sets: the stored epochs only
+    assert engine.eval_interval(t, splits, scored_every_epoch=True) == 4  # large sets: the stored epochs only
     assert engine.eval_interval(resolve(tiny_layer(eval_every=3)).train, splits) == 3
+
+
+def test_a_run_asked_for_every_epoch_scores_every_epoch_and_one_alone_the_stored_ones(tmp_path):
+    cfg = resolve(tiny_layer(epochs=3, save_every=2))
+    seen = []
+    run_one(cfg, tmp_path / "asked", progress=False, on_epoch=lambda state: seen.append(state.epoch) and False)
+    run_one(cfg, tmp_path / "alone", progress=False)
+    asked, alone = (store.read_run(store.run_path(tmp_path / d, run_id(cfg))) for d in ("asked", "alone"))
+    assert seen == [0, 1, 2, 3] and list(asked["history"]["epochs"]["epoch"]) == [0, 1, 2, 3]
+    assert list(alone["history"]["epochs"]["epoch"]) == [0, 2, 3]
+    assert asked["attrs"]["metrics"] == alone["attrs"]["metrics"]
 
 
 def test_eval_every_must_not_be_negative():

@@ -9,7 +9,7 @@ from runner.config import run_id
 from runner.spec import resolve
 from tests.conftest import PYTHON, ROOT
 
-LINE = re.compile(r"run (\w{12}) epoch (\d+)/(\d+)  loss \S+  map_at_r (\d\.\d{4})  lr \S+  (\S+) samples/s  "
+LINE = re.compile(r"run (\w{12}) epoch (\d+)/(\d+)  loss \S+  map_at_r (\d\.\d{4}|-)  lr \S+  (\S+) samples/s  "
                   r"elapsed \S+  eta \S+")
 
 
@@ -32,6 +32,7 @@ def test_epoch_lines_appear_while_the_run_trains(tmp_path, subprocess_env):
     assert all(lines) and [int(m.group(2)) for m in lines][:3] == [0, 1, 2]
     assert {m.group(1) for m in lines} == {run_id(cfg)} and {m.group(3) for m in lines} == {"40"}
     assert float(lines[2].group(5)) > 0  # samples/s of a trained epoch
+    assert lines[0].group(4) != "-" and lines[1].group(4) == "-"  # epoch 0 scored; epoch 1 (not stored) only trained
     printed = [LINE.search(line) for line in out.splitlines() if "epoch" in line]
     assert [int(m.group(2)) for m in printed if m][:3] == [0, 1, 2]  # the same lines on stdout (the SLURM log)
 

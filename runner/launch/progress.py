@@ -45,14 +45,14 @@ class EpochLog:
             LOGGER.addHandler(self.file_handler)
 
     def epoch(self, row: dict, steps_this_epoch: int, first_epoch: int) -> str:
-        """Log one evaluated epoch (a row of history/epochs); returns the line."""
+        """Log one epoch (a row of history/epochs; an epoch not evaluated has no metric: `-`); returns the line."""
         epoch = int(row["epoch"])
         elapsed = time.perf_counter() - self.started
         done = epoch - first_epoch
         eta = elapsed / done * (self.epochs - epoch) if done > 0 else float("nan")
         speed = steps_this_epoch * self.samples_per_step / row["train_s"] if row.get("train_s") else float("nan")
         parts = [f"run {self.run_id} epoch {epoch}/{self.epochs}", f"loss {row.get('train_loss', float('nan')):.4f}",
-                 f"{KEY_METRIC} {row.get(KEY_METRIC, float('nan')):.4f}"]
+                 f"{KEY_METRIC} {row[KEY_METRIC]:.4f}" if KEY_METRIC in row else f"{KEY_METRIC} -"]
         if f"val_{KEY_METRIC}" in row:
             parts.append(f"val_{KEY_METRIC} {row[f'val_{KEY_METRIC}']:.4f}")
         parts += [f"lr {row.get('lr', float('nan')):.3g}", f"{speed:.0f} samples/s",

@@ -137,11 +137,11 @@ def _train(run: Run, device: torch.device, progress: bool, stop_after_epochs: Op
             lines = EpochLog(run.run_id, run.dir / "train.log", parts.epochs,
                              run.cfg.train.batch_size * run.env.world_size)
         stop_at = state.epoch + stop_after_epochs if stop_after_epochs else None
-        callback = epoch_end(run, parts, logger, lines, len(state.steps["step"]), stop_at, on_epoch, record_stopped)
+        callback = epoch_end(run, parts, logger, lines, state, stop_at, on_epoch, record_stopped)
         t0 = time.perf_counter()
         state = engine.fit(run.cfg.train, run.cfg.seed, run.splits, parts, run.env, state, callback, progress,
                            run.protocol, stream_source(run.splits, parts, run.cfg.seed, run.cfg.data.num_workers,
-                                                        run.protocol))
+                                                        run.protocol), scored_every_epoch=on_epoch is not None)
         note_compile(run, state)
         if state.stop_reason == INTERRUPTED:
             return run.summary(INTERRUPTED, epoch=state.epoch)
@@ -211,23 +211,27 @@ def build_run_parts(cfg: RunConfig, splits: Splits, policy: AugmentPolicy, env: 
                        env, device)
 
 
-def epoch_end(run: Run, parts: Parts, logger: Optional[TBLogger], lines: Optional[EpochLog], logged: int,
+def epoch_end(run: Run, parts: Parts, logger: Optional[TBLogger], lines: Optional[EpochLog], start: engine.TrainState,
               stop_at: Optional[int], on_epoch: Optional[OnEpoch], record_stopped: bool) -> engine.EpochCallback:
     """The engine's epoch callback: log, checkpoint, ask on_epoch; returns a stop reason or None."""
     first_epoch: Optional[int] = None  # the first epoch this process evaluates: the ETA's reference
+    logged, trained_s = len(start.steps["step"]), start.elapsed_s  # steps logged, training seconds so far
 
     def on_epoch_end(state: engine.TrainState) -> Optional[str]:
-        nonlocal logged, first_epoch
+        nonlocal logged, trained_s, first_epoch
         scored = engine.is_evaluated(state)  # train.eval_every: epochs without metrics only log steps
         if run.env.is_main:
             logger.log_steps(state.steps, logged)
             lr = state.steps["lr"][-1] if len(state.steps["lr"]) > logged else float("nan")
-            if first_epoch is None:
-                first_epoch = state.epoch
+            first_epoch = state.epoch if first_epoch is None else first_epoch
+            losses = state.steps["loss"][logged:]
+            row = state.epochs[-1] if scored else {  # an epoch not evaluated: its loss and speed, no metric
+                "epoch": state.epoch, "train_loss": sum(losses) / len(losses) if losses else float("nan"),
+                "train_s": state.elapsed_s - trained_s}
+            lines.epoch({**row, "lr": lr}, len(state.steps["step"]) - logged, first_epoch)
             if scored:
-                lines.epoch({**state.epochs[-1], "lr": lr}, len(state.steps["step"]) - logged, first_epoch)
                 logger.log_epoch(state.epochs[-1])
-            logged = len(state.steps["step"])
+            logged, trained_s = len(state.steps["step"]), state.elapsed_s
             save_checkpoint(run.dir / "checkpoint.pt", state, parts, run.run_id)
             if scored and record_stopped and on_epoch:
                 write_stopped(run, state)

@@ -110,16 +110,18 @@ EpochCallback = Callable[[TrainState], Optional[str]]
 
 def fit(t: TrainConfig, seed: int, splits: Splits, parts: Parts, env: DistEnv,
         state: Optional[TrainState] = None, on_epoch_end: Optional[EpochCallback] = None,
-        progress: bool = False, protocol: Protocol = STRATIFIED, source: Optional[BatchSource] = None) -> TrainState:
+        progress: bool = False, protocol: Protocol = STRATIFIED, source: Optional[BatchSource] = None,
+        scored_every_epoch: bool = False) -> TrainState:
     """Train from state.epoch to parts.epochs, evaluating (by protocol) the epochs `evaluated` picks;
     on_epoch_end is called after every epoch (`is_evaluated(state)` tells whether it has a new row).
 
     source: where batches and evaluation images come from; None moves the splits' images to the
     device (DeviceData, memory mode); runner.training.batches.StreamBatches streams them.
+    scored_every_epoch: a caller decides on each epoch's scores (a Tune scheduler): see eval_interval.
     """
     state = state or TrainState()
     data = source if source is not None else DeviceData.of(splits, parts.device, protocol)
-    every = eval_interval(t, splits)
+    every = eval_interval(t, splits, scored_every_epoch)
     if state.epoch == 0 and not state.epochs:
         record_epoch(parts, splits, data, env, state, t.save_every, 0.0, protocol)
         if on_epoch_end and _stopped(state, on_epoch_end(state)):
@@ -139,15 +141,18 @@ def fit(t: TrainConfig, seed: int, splits: Splits, parts: Parts, env: DistEnv,
 
 
 AUTO_EVAL_MAX_IMAGES = 20_000
-"""train.eval_every: 0 evaluates every epoch up to this many images in the splits, else the stored epochs."""
+"""train.eval_every auto, for a run whose every epoch's scores are asked for (Tune): every epoch up to
+this many images in the splits, else the stored epochs."""
 
 
-def eval_interval(t: TrainConfig, splits: Splits) -> int:
-    """train.eval_every, with 0 (auto) resolved by the size of the splits."""
+def eval_interval(t: TrainConfig, splits: Splits, scored_every_epoch: bool = False) -> int:
+    """train.eval_every, with 0 (auto) resolved: the stored epochs (save_every) only, which is what
+    run.h5's embeddings and the report's first-vs-last figures read; every epoch for a run whose
+    scheduler decides on each epoch's scores, while its splits are small enough to score cheaply."""
     if t.eval_every:
         return t.eval_every
     n = sum(len(s) for s in (splits.train, splits.test, splits.val) if s is not None)  # test holds query + gallery
-    return 1 if n <= AUTO_EVAL_MAX_IMAGES else t.save_every
+    return 1 if scored_every_epoch and n <= AUTO_EVAL_MAX_IMAGES else t.save_every
 
 
 def evaluated(epoch: int, last: int, save_every: int, eval_every: int) -> bool:
