@@ -103,9 +103,10 @@ def make_sampler(t: TrainConfig, labels: torch.Tensor, seed: int, env: DistEnv):
 
 def make_optimizer(params: list, t: TrainConfig) -> torch.optim.Optimizer:
     if t.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay, nesterov=True)
+        return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay, nesterov=True,
+                               foreach=True)
     cls = torch.optim.AdamW if t.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=t.lr, weight_decay=t.weight_decay)
+    return cls(params, lr=t.lr, weight_decay=t.weight_decay, foreach=True)
 
 
 def make_schedule(opt: torch.optim.Optimizer, t: TrainConfig, total_steps: int):
