@@ -200,3 +200,31 @@ def test_config_error_at_start_is_recorded_failed(tmp_path):
     assert attrs["status"] == "failed" and attrs["error"].startswith("ConfigError: data.root")
     assert run_statuses([cfg], tmp_path / "out") == ["failed"]
     assert pending([cfg], tmp_path / "out") == [] and pending([cfg], tmp_path / "out", retry_failed=True) == [0]
+
+
+@pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
+def test_the_multi_tensor_optimiser_step_gives_the_parameters_of_the_single_tensor_one(name):
+    """make_optimizer takes foreach=True for speed; it must not change what a run computes."""
+    import torch  # here: the rest of this file drives runs through run_one
+    from runner.config import TrainConfig
+    from runner.training.parts import make_optimizer
+
+    def trained(foreach: bool) -> list:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(),
+                                    torch.nn.Linear(8 * 6 * 6, 16))
+        t = TrainConfig(optimizer=name, lr=0.01, weight_decay=1e-4)
+        opt = make_optimizer(list(model.parameters()), t)
+        assert all(g["foreach"] for g in opt.param_groups)
+        if not foreach:
+            for g in opt.param_groups:
+                g["foreach"] = False
+        x = torch.randn(32, 1, 8, 8)
+        for _ in range(20):
+            opt.zero_grad()
+            model(x).pow(2).mean().backward()
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    for a, b in zip(trained(True), trained(False)):
+        assert torch.equal(a, b)
