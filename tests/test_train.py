@@ -5,12 +5,14 @@ import subprocess
 
 import numpy as np
 import pytest
+import torch
 from sklearn.neighbors import KNeighborsClassifier
 
 from runner import store
-from runner.config import run_id
+from runner.config import TrainConfig, run_id
 from runner.spec import resolve
 from runner.launch.run import run_one
+from runner.training.parts import make_optimizer
 from tests.conftest import ROOT, start_train_until_checkpoint, tiny_layer
 
 
@@ -205,10 +207,6 @@ def test_config_error_at_start_is_recorded_failed(tmp_path):
 @pytest.mark.parametrize("name", ["adam", "adamw", "sgd"])
 def test_the_multi_tensor_optimiser_step_gives_the_parameters_of_the_single_tensor_one(name):
     """make_optimizer takes foreach=True for speed; it must not change what a run computes."""
-    import torch  # here: the rest of this file drives runs through run_one
-    from runner.config import TrainConfig
-    from runner.training.parts import make_optimizer
-
     def trained(foreach: bool) -> list:
         torch.manual_seed(0)
         model = torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Flatten(),
